@@ -1,0 +1,1 @@
+//! `phoenix fmt`: canonical layout of a `.phx` file. (Being written.)
