@@ -182,7 +182,11 @@ impl StageKind {
 pub enum SelectItem {
     /// `*`: every field of the input, declared or not.
     Star(Span),
-    Expr { expr: Expr, alias: Option<Ident>, span: Span },
+    Expr {
+        expr: Expr,
+        alias: Option<Ident>,
+        span: Span,
+    },
 }
 
 /// `route [all] [by key] { arms }`
@@ -273,14 +277,45 @@ pub enum ExprKind {
     Access(Box<Expr>, Ident),
     /// `@name`
     Meta(Ident),
-    Call { name: Ident, args: Vec<Expr> },
-    Unary { op: UnaryOp, expr: Box<Expr> },
-    Binary { op: BinaryOp, left: Box<Expr>, right: Box<Expr> },
-    IsNull { expr: Box<Expr>, negated: bool },
-    InList { expr: Box<Expr>, list: Vec<Expr>, negated: bool },
-    Between { expr: Box<Expr>, low: Box<Expr>, high: Box<Expr>, negated: bool },
-    Like { expr: Box<Expr>, pattern: Box<Expr>, negated: bool, case_insensitive: bool },
-    Case { operand: Option<Box<Expr>>, whens: Vec<(Expr, Expr)>, otherwise: Option<Box<Expr>> },
+    Call {
+        name: Ident,
+        args: Vec<Expr>,
+    },
+    Unary {
+        op: UnaryOp,
+        expr: Box<Expr>,
+    },
+    Binary {
+        op: BinaryOp,
+        left: Box<Expr>,
+        right: Box<Expr>,
+    },
+    IsNull {
+        expr: Box<Expr>,
+        negated: bool,
+    },
+    InList {
+        expr: Box<Expr>,
+        list: Vec<Expr>,
+        negated: bool,
+    },
+    Between {
+        expr: Box<Expr>,
+        low: Box<Expr>,
+        high: Box<Expr>,
+        negated: bool,
+    },
+    Like {
+        expr: Box<Expr>,
+        pattern: Box<Expr>,
+        negated: bool,
+        case_insensitive: bool,
+    },
+    Case {
+        operand: Option<Box<Expr>>,
+        whens: Vec<(Expr, Expr)>,
+        otherwise: Option<Box<Expr>>,
+    },
     List(Vec<Expr>),
     /// `( expr )`, kept so the formatter and spans stay faithful.
     Paren(Box<Expr>),
@@ -393,9 +428,10 @@ impl Expr {
             (InList { expr: x, list: l, negated: n }, InList { expr: y, list: k, negated: m }) => {
                 n == m && x.same_as(y) && all(l, k)
             }
-            (Between { expr: x, low: l1, high: h1, negated: n }, Between { expr: y, low: l2, high: h2, negated: m }) => {
-                n == m && x.same_as(y) && l1.same_as(l2) && h1.same_as(h2)
-            }
+            (
+                Between { expr: x, low: l1, high: h1, negated: n },
+                Between { expr: y, low: l2, high: h2, negated: m },
+            ) => n == m && x.same_as(y) && l1.same_as(l2) && h1.same_as(h2),
             (
                 Like { expr: x, pattern: p, negated: n, case_insensitive: c },
                 Like { expr: y, pattern: q, negated: m, case_insensitive: d },

@@ -42,7 +42,7 @@ macro_rules! codes {
                 match self { $( Code::$name => $explain, )* }
             }
 
-            pub fn from_str(s: &str) -> Option<Code> {
+            pub fn lookup(s: &str) -> Option<Code> {
                 Code::ALL.iter().copied().find(|c| c.as_str().eq_ignore_ascii_case(s))
             }
         }
@@ -213,10 +213,9 @@ impl Diagnostic {
             Severity::Error => cs::Severity::Error,
             Severity::Warning => cs::Severity::Warning,
         };
-        let mut labels = vec![cs::Label::primary(self.primary.0.file, self.primary.0.range()).with_message(&self.primary.1)];
-        labels.extend(
-            self.secondary.iter().map(|(s, m)| cs::Label::secondary(s.file, s.range()).with_message(m)),
-        );
+        let mut labels =
+            vec![cs::Label::primary(self.primary.0.file, self.primary.0.range()).with_message(&self.primary.1)];
+        labels.extend(self.secondary.iter().map(|(s, m)| cs::Label::secondary(s.file, s.range()).with_message(m)));
         let mut notes: Vec<String> = self.help.iter().map(|h| format!("help: {h}")).collect();
         notes.extend(self.notes.iter().map(|n| format!("note: {n}")));
         cs::Diagnostic::new(severity)

@@ -2,9 +2,12 @@
 pub mod ast;
 pub mod catalog;
 pub mod check;
+pub mod compile;
 pub mod diagnostic;
 pub mod fmt;
 pub mod parser;
 pub mod plan;
 pub mod span;
 pub mod types;
+
+pub use compile::{Compilation, Loader, MemoryLoader, compile};

@@ -61,6 +61,7 @@ pub fn parse_expr(file: FileId, text: &str) -> Result<Expr, Vec<Diagnostic>> {
 fn check_nesting(file: FileId, text: &str) -> Option<Diagnostic> {
     let bytes = text.as_bytes();
     let mut depth = 0usize;
+    let mut depth_angle = 0usize;
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
@@ -85,7 +86,13 @@ fn check_nesting(file: FileId, text: &str) -> Option<Diagnostic> {
                     i += 1;
                 }
             }
+            // `<` only nests after `list` (`list<list<int>>`); elsewhere it is a comparison.
+            b'<' if !text[..i].trim_end().ends_with("list") => {}
+            b'>' if depth_angle == 0 => {}
             b'(' | b'[' | b'{' | b'<' => {
+                if bytes[i] == b'<' {
+                    depth_angle += 1;
+                }
                 depth += 1;
                 if depth > MAX_DEPTH {
                     return Some(
@@ -95,7 +102,11 @@ fn check_nesting(file: FileId, text: &str) -> Option<Diagnostic> {
                     );
                 }
             }
-            b')' | b']' | b'}' | b'>' => depth = depth.saturating_sub(1),
+            b'>' => {
+                depth_angle -= 1;
+                depth = depth.saturating_sub(1);
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
         i += 1;
@@ -143,8 +154,13 @@ fn syntax_error(file: FileId, text: &str, e: pest::error::Error<Rule>) -> Diagno
                     format!("expected {} or {last}, found {found_text}", rest.join(", "))
                 }
             };
-            let missing_comma = expected.iter().any(|e| e == "`,`") && found.chars().next().is_some_and(|c| c.is_alphanumeric() || c == '\'' || c == '"');
-            let help = if missing_comma { Some(format!("is a `,` missing before `{found}`?")) } else { hint(positives, &found) };
+            let missing_comma = expected.iter().any(|e| e == "`,`")
+                && found.chars().next().is_some_and(|c| c.is_alphanumeric() || c == '\'' || c == '"');
+            let help = if missing_comma {
+                Some(format!("is a `,` missing before `{found}`?"))
+            } else {
+                hint(positives, &found)
+            };
             (message, help)
         }
         ErrorVariant::CustomError { message } => (message.clone(), None),
@@ -183,7 +199,9 @@ fn describe(rule: Rule) -> Option<&'static str> {
     Some(match rule {
         EOI => "end of file",
         item | import_decl | schema_decl | source_decl | sink_decl | flow_decl | route_stmt | test_decl
-        | deploy_decl | pipeline_stmt => "a declaration (`schema`, `source`, `sink`, `flow`, `route`, `test`, `deploy`) or a pipeline",
+        | deploy_decl | pipeline_stmt => {
+            "a declaration (`schema`, `source`, `sink`, `flow`, `route`, `test`, `deploy`) or a pipeline"
+        }
         ident | plain_ident | quoted_ident | field_name | soft_keyword | stream_ref | sink_ref => "a name",
         expr | or_expr | and_expr | not_expr | predicate | concat | additive | term | unary | postfix | literal
         | number | string | bool_lit | null_lit | duration | size | call | field_ref | meta_ref | list_expr
@@ -195,10 +213,14 @@ fn describe(rule: Rule) -> Option<&'static str> {
         option => "an option (`name = value`)",
         options => "`{`",
         schema_clause | kw_as => "`as`",
-        stage | where_stage | select_stage | route_stage | drop_stage | kw_where | kw_select | kw_route | kw_drop => "a stage (`where`, `select`, `route`, `drop`) or a sink",
+        stage | where_stage | select_stage | route_stage | drop_stage | kw_where | kw_select | kw_route | kw_drop => {
+            "a stage (`where`, `select`, `route`, `drop`) or a sink"
+        }
         select_item | star => "a select item",
         route_arms => "`{`",
-        route_arm | arm_values | arm_value | neg_number => "a route arm (`'value' => target`, `when <predicate> => target`, `else => target`)",
+        route_arm | arm_values | arm_value | neg_number => {
+            "a route arm (`'value' => target`, `when <predicate> => target`, `else => target`)"
+        }
         arm_target => "a route target (a sink, `drop`, or a pipeline)",
         route_key | kw_by => "`by`",
         route_all | kw_all => "`all`",
@@ -227,10 +249,10 @@ fn hint(positives: &[Rule], found: &str) -> Option<String> {
     if matches!(found, "and" | "or" | "not") {
         return None;
     }
-    if positives.iter().any(|r| *r == Rule::field_decl) {
+    if positives.contains(&Rule::field_decl) {
         return Some("fields are written `name: type`, separated by commas".into());
     }
-    if positives.iter().any(|r| *r == Rule::option) {
+    if positives.contains(&Rule::option) {
         return Some("options are written `name = value`, separated by commas".into());
     }
     None
@@ -252,7 +274,11 @@ impl Builder {
     fn ident(&mut self, p: P) -> Ident {
         let span = self.span(&p);
         let text = p.as_str();
-        let name = if let Some(inner) = text.strip_prefix('`') { inner.trim_end_matches('`').to_string() } else { text.to_string() };
+        let name = if let Some(inner) = text.strip_prefix('`') {
+            inner.trim_end_matches('`').to_string()
+        } else {
+            text.to_string()
+        };
         Ident { name, span }
     }
 
@@ -304,7 +330,8 @@ impl Builder {
             }
             Rule::test_decl => self.test(p),
             Rule::deploy_decl => {
-                let options = p.into_inner().find(|c| c.as_rule() == Rule::options).map(|o| self.options(o)).unwrap_or_default();
+                let options =
+                    p.into_inner().find(|c| c.as_rule() == Rule::options).map(|o| self.options(o)).unwrap_or_default();
                 Item::Deploy(DeployDecl { options, span })
             }
             _ => return None,
@@ -456,7 +483,9 @@ impl Builder {
 
     fn route_key(&mut self, p: P) -> Expr {
         let span = self.span(&p);
-        p.into_inner().find(|c| c.as_rule() == Rule::expr).map_or(Expr { kind: ExprKind::Error, span }, |e| self.expr(e))
+        p.into_inner()
+            .find(|c| c.as_rule() == Rule::expr)
+            .map_or(Expr { kind: ExprKind::Error, span }, |e| self.expr(e))
     }
 
     fn route_arms(&mut self, p: P) -> (Vec<Arm>, Span) {
@@ -563,7 +592,8 @@ impl Builder {
             },
             Rule::or_expr | Rule::and_expr => {
                 let op = if p.as_rule() == Rule::or_expr { BinaryOp::Or } else { BinaryOp::And };
-                let operands: Vec<P> = p.into_inner().filter(|c| !matches!(c.as_rule(), Rule::kw_or | Rule::kw_and)).collect();
+                let operands: Vec<P> =
+                    p.into_inner().filter(|c| !matches!(c.as_rule(), Rule::kw_or | Rule::kw_and)).collect();
                 self.fold(operands.into_iter().map(|o| (op, o)).collect())
             }
             Rule::concat => {
@@ -602,7 +632,13 @@ impl Builder {
                 }
                 let mut e = inner.unwrap_or(Expr { kind: ExprKind::Error, span });
                 for s in nots.into_iter().rev() {
-                    e = self.guard(Expr { span: s.to(e.span), kind: ExprKind::Unary { op: UnaryOp::Not, expr: Box::new(e) } });
+                    if e.kind == ExprKind::Error {
+                        break;
+                    }
+                    e = self.guard(Expr {
+                        span: s.to(e.span),
+                        kind: ExprKind::Unary { op: UnaryOp::Not, expr: Box::new(e) },
+                    });
                 }
                 e
             }
@@ -618,16 +654,17 @@ impl Builder {
                 }
                 let mut e = inner.unwrap_or(Expr { kind: ExprKind::Error, span });
                 for s in negs.into_iter().rev() {
+                    if e.kind == ExprKind::Error {
+                        break;
+                    }
                     // Fold `-literal` into the literal so `-5` is a constant, as users expect.
                     e = match e.kind {
-                        ExprKind::Literal(Literal::Int(v, t)) => Expr {
-                            kind: ExprKind::Literal(Literal::Int(-v, format!("-{t}"))),
-                            span: s.to(e.span),
-                        },
-                        ExprKind::Literal(Literal::Float(v, t)) => Expr {
-                            kind: ExprKind::Literal(Literal::Float(-v, format!("-{t}"))),
-                            span: s.to(e.span),
-                        },
+                        ExprKind::Literal(Literal::Int(v, t)) => {
+                            Expr { kind: ExprKind::Literal(Literal::Int(-v, format!("-{t}"))), span: s.to(e.span) }
+                        }
+                        ExprKind::Literal(Literal::Float(v, t)) => {
+                            Expr { kind: ExprKind::Literal(Literal::Float(-v, format!("-{t}"))), span: s.to(e.span) }
+                        }
                         kind => self.guard(Expr {
                             span: s.to(e.span),
                             kind: ExprKind::Unary { op: UnaryOp::Neg, expr: Box::new(Expr { kind, span: e.span }) },
@@ -649,10 +686,8 @@ impl Builder {
                             path.push(name);
                             Expr { kind: ExprKind::Field(path), span }
                         }
-                        kind => self.guard(Expr {
-                            kind: ExprKind::Access(Box::new(Expr { kind, span: e.span }), name),
-                            span,
-                        }),
+                        kind => self
+                            .guard(Expr { kind: ExprKind::Access(Box::new(Expr { kind, span: e.span }), name), span }),
                     };
                 }
                 e
@@ -668,6 +703,8 @@ impl Builder {
             let rhs = self.expr(p);
             acc = Some(match acc {
                 None => rhs,
+                // Already reported as too deep: extend the error instead of reporting again.
+                Some(lhs) if lhs.kind == ExprKind::Error => Expr { span: lhs.span.to(rhs.span), kind: ExprKind::Error },
                 Some(lhs) => self.guard(Expr {
                     span: lhs.span.to(rhs.span),
                     kind: ExprKind::Binary { op, left: Box::new(lhs), right: Box::new(rhs) },
@@ -732,7 +769,9 @@ impl Builder {
             Rule::like if parts.len() == 1 => {
                 ExprKind::Like { expr: b(lhs), pattern: b(parts.remove(0)), negated, case_insensitive: ci }
             }
-            Rule::comparison if parts.len() == 1 => ExprKind::Binary { op: cmp, left: b(lhs), right: b(parts.remove(0)) },
+            Rule::comparison if parts.len() == 1 => {
+                ExprKind::Binary { op: cmp, left: b(lhs), right: b(parts.remove(0)) }
+            }
             _ => ExprKind::Error,
         };
         self.guard(Expr { kind, span })
@@ -856,7 +895,11 @@ impl Builder {
         match digits.checked_mul(scale).and_then(|n| i64::try_from(n).ok()) {
             Some(n) => Literal::Duration(n, text),
             None => {
-                self.invalid(span, format!("duration `{text}` is too long"), Some("durations go up to about 292 years"));
+                self.invalid(
+                    span,
+                    format!("duration `{text}` is too long"),
+                    Some("durations go up to about 292 years"),
+                );
                 Literal::Duration(0, text)
             }
         }
@@ -929,7 +972,11 @@ impl Builder {
                     };
                     match u32::from_str_radix(&code, 16).ok().and_then(char::from_u32) {
                         Some(ch) => out.push(ch),
-                        None => self.invalid(span, format!("invalid unicode escape `\\u{code}`"), Some("write `\\u{1F600}` or `\\u00e9`")),
+                        None => self.invalid(
+                            span,
+                            format!("invalid unicode escape `\\u{code}`"),
+                            Some("write `\\u{1F600}` or `\\u00e9`"),
+                        ),
                     }
                 }
                 Some(other) => self.invalid(
@@ -953,7 +1000,10 @@ fn depth(e: &Expr) -> usize {
         }
         let b = budget - 1;
         1 + match &e.kind {
-            ExprKind::Unary { expr, .. } | ExprKind::IsNull { expr, .. } | ExprKind::Paren(expr) | ExprKind::Access(expr, _) => go(expr, b),
+            ExprKind::Unary { expr, .. }
+            | ExprKind::IsNull { expr, .. }
+            | ExprKind::Paren(expr)
+            | ExprKind::Access(expr, _) => go(expr, b),
             ExprKind::Binary { left, right, .. } => go(left, b).max(go(right, b)),
             ExprKind::Like { expr, pattern, .. } => go(expr, b).max(go(pattern, b)),
             ExprKind::Between { expr, low, high, .. } => go(expr, b).max(go(low, b)).max(go(high, b)),

@@ -115,6 +115,13 @@ impl Ty {
         })
     }
 
+    /// The type with its indefinite article, for messages: `an int`, `a string`.
+    pub fn a(&self) -> String {
+        let name = self.to_string();
+        let article = if name.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+        format!("{article} {name}")
+    }
+
     pub const BUILTIN_NAMES: &'static [&'static str] = &["string", "int", "float", "bool", "timestamp", "duration"];
 }
 
@@ -158,8 +165,11 @@ pub struct StreamType {
 impl StreamType {
     /// The Arrow schema of a batch on this stream: declared fields, then metadata as `@name`.
     pub fn arrow_schema(&self) -> Arc<Schema> {
-        let mut fields: Vec<Field> = self.record.fields.iter().map(|f| Field::new(&f.name, f.ty.to_arrow(), f.optional)).collect();
-        fields.extend(self.metadata.fields.iter().map(|m| Field::new(format!("@{}", m.name), m.ty.to_arrow(), m.optional)));
+        let mut fields: Vec<Field> =
+            self.record.fields.iter().map(|f| Field::new(&f.name, f.ty.to_arrow(), f.optional)).collect();
+        fields.extend(
+            self.metadata.fields.iter().map(|m| Field::new(format!("@{}", m.name), m.ty.to_arrow(), m.optional)),
+        );
         Arc::new(Schema::new(fields))
     }
 }

@@ -3,7 +3,7 @@
 use super::typed::{TExpr, TExprKind, Value};
 use crate::ast::{BinaryOp, Expr, ExprKind, Literal, UnaryOp};
 use crate::catalog::{Catalog, ParamType, Returns};
-use crate::diagnostic::{did_you_mean, Code, Diagnostic};
+use crate::diagnostic::{Code, Diagnostic, did_you_mean};
 use crate::types::{Record, StreamType, Ty};
 
 /// What an expression can see: the event's declared fields and the source's metadata.
@@ -37,10 +37,21 @@ impl ExprChecker<'_> {
             ExprKind::Field(path) => {
                 let first = &path[0];
                 let Some(f) = scope.stream.record.field(&first.name) else {
-                    self.unknown_field(&first.name, first.span, &scope.stream.record, scope.describe, scope.stream.open);
+                    self.unknown_field(
+                        &first.name,
+                        first.span,
+                        &scope.stream.record,
+                        scope.describe,
+                        scope.stream.open,
+                    );
                     return TExpr::error(span);
                 };
-                let mut cur = TExpr { kind: TExprKind::Field(f.name.clone()), ty: f.ty.clone(), nullable: f.optional, span: first.span };
+                let mut cur = TExpr {
+                    kind: TExprKind::Field(f.name.clone()),
+                    ty: f.ty.clone(),
+                    nullable: f.optional,
+                    span: first.span,
+                };
                 for seg in &path[1..] {
                     cur = self.access(cur, seg);
                     if cur.ty == Ty::Error {
@@ -61,12 +72,19 @@ impl ExprChecker<'_> {
                     let help = match did_you_mean(&name.name, names.iter().copied()) {
                         Some(s) => format!("did you mean `@{s}`?"),
                         None if names.is_empty() => "this stream has no metadata".into(),
-                        None => format!("available: {}", names.iter().map(|n| format!("`@{n}`")).collect::<Vec<_>>().join(", ")),
+                        None => format!(
+                            "available: {}",
+                            names.iter().map(|n| format!("`@{n}`")).collect::<Vec<_>>().join(", ")
+                        ),
                     };
                     self.diags.push(
-                        Diagnostic::new(Code::UnknownMetadata, span, format!("no metadata `@{}` on {}", name.name, scope.describe))
-                            .label("unknown metadata")
-                            .help(help),
+                        Diagnostic::new(
+                            Code::UnknownMetadata,
+                            span,
+                            format!("no metadata `@{}` on {}", name.name, scope.describe),
+                        )
+                        .label("unknown metadata")
+                        .help(help),
                     );
                     TExpr::error(span)
                 }
@@ -81,7 +99,7 @@ impl ExprChecker<'_> {
             ExprKind::Unary { op: UnaryOp::Neg, expr } => {
                 let x = self.check(expr, scope);
                 if !(x.ty.is_numeric() || x.ty == Ty::Duration) {
-                    self.mismatch(x.span, format!("cannot negate a {}", x.ty), "expected a number or duration");
+                    self.mismatch(x.span, format!("cannot negate {}", x.ty.a()), "expected a number or duration");
                     return TExpr::error(span);
                 }
                 let (ty, n) = (x.ty.clone(), x.nullable);
@@ -105,14 +123,14 @@ impl ExprChecker<'_> {
                         Some(c) => common = c,
                         None => self.mismatch(
                             i.span,
-                            format!("`in` list item is a {}, but the value tested is a {}", i.ty, x.ty),
+                            format!("`in` list item is {}, but the value tested is {}", i.ty.a(), x.ty.a()),
                             format!("expected {}", x.ty),
                         ),
                     }
                 }
                 let nullable = x.nullable || items.iter().any(|i| i.nullable);
-                let list = items.into_iter().map(|i| self.to_common(i, &common)).collect();
-                let x = self.to_common(x, &common);
+                let list = items.into_iter().map(|i| self.coerce_common(i, &common)).collect();
+                let x = self.coerce_common(x, &common);
                 t(TExprKind::InList { expr: Box::new(x), list, negated: *negated }, Ty::Bool, nullable)
             }
             ExprKind::Between { expr, low, high, negated } => {
@@ -123,15 +141,24 @@ impl ExprChecker<'_> {
                 for b in [&lo, &hi] {
                     match self.comparable(&common, b) {
                         Some(c) => common = c,
-                        None => self.mismatch(b.span, format!("`between` bound is a {}, but the value is a {}", b.ty, x.ty), format!("expected {}", x.ty)),
+                        None => self.mismatch(
+                            b.span,
+                            format!("`between` bound is {}, but the value is {}", b.ty.a(), x.ty.a()),
+                            format!("expected {}", x.ty),
+                        ),
                     }
                 }
                 if matches!(common, Ty::Record(_) | Ty::List(_)) {
                     self.mismatch(x.span, format!("cannot order values of type {}", x.ty), "not comparable");
                 }
                 let nullable = x.nullable || lo.nullable || hi.nullable;
-                let (x, lo, hi) = (self.to_common(x, &common), self.to_common(lo, &common), self.to_common(hi, &common));
-                t(TExprKind::Between { expr: Box::new(x), low: Box::new(lo), high: Box::new(hi), negated: *negated }, Ty::Bool, nullable)
+                let (x, lo, hi) =
+                    (self.coerce_common(x, &common), self.coerce_common(lo, &common), self.coerce_common(hi, &common));
+                t(
+                    TExprKind::Between { expr: Box::new(x), low: Box::new(lo), high: Box::new(hi), negated: *negated },
+                    Ty::Bool,
+                    nullable,
+                )
             }
             ExprKind::Like { expr, pattern, negated, case_insensitive } => {
                 let x = self.check(expr, scope);
@@ -141,7 +168,12 @@ impl ExprChecker<'_> {
                 self.expect(&p, &Ty::String, &format!("a `{op}` pattern is a string"));
                 let nullable = x.nullable || p.nullable;
                 t(
-                    TExprKind::Like { expr: Box::new(x), pattern: Box::new(p), negated: *negated, case_insensitive: *case_insensitive },
+                    TExprKind::Like {
+                        expr: Box::new(x),
+                        pattern: Box::new(p),
+                        negated: *negated,
+                        case_insensitive: *case_insensitive,
+                    },
                     Ty::Bool,
                     nullable,
                 )
@@ -155,7 +187,11 @@ impl ExprChecker<'_> {
                     match &op {
                         Some(o) => {
                             if self.comparable(&o.ty, &c).is_none() {
-                                self.mismatch(c.span, format!("`when` value is a {}, but the case operand is a {}", c.ty, o.ty), format!("expected {}", o.ty));
+                                self.mismatch(
+                                    c.span,
+                                    format!("`when` value is {}, but the case operand is {}", c.ty.a(), o.ty.a()),
+                                    format!("expected {}", o.ty),
+                                );
                             }
                         }
                         None => self.expect(&c, &Ty::Bool, "a `when` condition is a bool"),
@@ -169,7 +205,11 @@ impl ExprChecker<'_> {
                     match ty.unify(&r.ty) {
                         Some(u) => ty = u,
                         None => {
-                            self.mismatch(r.span, format!("`case` branches have different types: {} and {}", ty, r.ty), format!("expected {ty}"));
+                            self.mismatch(
+                                r.span,
+                                format!("`case` branches have different types: {} and {}", ty, r.ty),
+                                format!("expected {ty}"),
+                            );
                             ty = Ty::Error;
                         }
                     }
@@ -212,9 +252,13 @@ impl ExprChecker<'_> {
             },
             other => {
                 self.diags.push(
-                    Diagnostic::new(Code::NotARecord, name.span, format!("cannot read field `{}` of a {other}", name.name))
-                        .label("not a record")
-                        .secondary(base.span, format!("this is a {other}")),
+                    Diagnostic::new(
+                        Code::NotARecord,
+                        name.span,
+                        format!("cannot read field `{}` of {}", name.name, other.a()),
+                    )
+                    .label("not a record")
+                    .secondary(base.span, format!("this is {}", other.a())),
                 );
                 TExpr::error(name.span)
             }
@@ -222,7 +266,8 @@ impl ExprChecker<'_> {
     }
 
     fn unknown_field(&mut self, name: &str, span: crate::span::Span, record: &Record, describe: &str, open: bool) {
-        let mut d = Diagnostic::new(Code::UnknownField, span, format!("no field `{name}` in {describe}")).label("unknown field");
+        let mut d = Diagnostic::new(Code::UnknownField, span, format!("no field `{name}` in {describe}"))
+            .label("unknown field");
         if let Some(s) = did_you_mean(name, record.names()) {
             d = d.help(format!("did you mean `{s}`?"));
         } else if record.fields.is_empty() {
@@ -277,7 +322,11 @@ impl ExprChecker<'_> {
                 Diagnostic::new(
                     Code::WrongArity,
                     span,
-                    format!("`{fname}` takes {expected} argument{plural}, but {} {} given", targs.len(), if targs.len() == 1 { "was" } else { "were" }),
+                    format!(
+                        "`{fname}` takes {expected} argument{plural}, but {} {} given",
+                        targs.len(),
+                        if targs.len() == 1 { "was" } else { "were" }
+                    ),
                 )
                 .label(format!("{} argument{}", targs.len(), if targs.len() == 1 { "" } else { "s" }))
                 .help(format!("the signature is `{}`", sig.display(fname))),
@@ -301,9 +350,18 @@ impl ExprChecker<'_> {
                     Some(u) => unified = u,
                     None => {
                         self.diags.push(
-                            Diagnostic::new(Code::WrongArgType, a.span, format!("argument `{}` of `{fname}` is a {}, but an earlier argument is a {unified}", p.name, a.ty))
-                                .label(format!("expected {unified}"))
-                                .help(format!("the signature is `{}`", sig.display(fname))),
+                            Diagnostic::new(
+                                Code::WrongArgType,
+                                a.span,
+                                format!(
+                                    "argument `{}` of `{fname}` is {}, but an earlier argument is {}",
+                                    p.name,
+                                    a.ty.a(),
+                                    unified.a()
+                                ),
+                            )
+                            .label(format!("expected {unified}"))
+                            .help(format!("the signature is `{}`", sig.display(fname))),
                         );
                         ok = false;
                         continue;
@@ -312,14 +370,18 @@ impl ExprChecker<'_> {
             }
             if !good {
                 let want = match &p.ty {
-                    ParamType::Exact(t) => t.to_string(),
-                    ParamType::Numeric => "number".into(),
-                    _ => "scalar".into(),
+                    ParamType::Exact(t) => t.a(),
+                    ParamType::Numeric => "a number".into(),
+                    _ => "a scalar".into(),
                 };
                 self.diags.push(
-                    Diagnostic::new(Code::WrongArgType, a.span, format!("argument `{}` of `{fname}` must be a {want}, found {}", p.name, a.ty))
-                        .label(format!("expected {want}"))
-                        .help(format!("the signature is `{}`", sig.display(fname))),
+                    Diagnostic::new(
+                        Code::WrongArgType,
+                        a.span,
+                        format!("argument `{}` of `{fname}` must be {want}, found {}", p.name, a.ty.a()),
+                    )
+                    .label(format!("expected {want}"))
+                    .help(format!("the signature is `{}`", sig.display(fname))),
                 );
                 ok = false;
             }
@@ -329,9 +391,19 @@ impl ExprChecker<'_> {
         }
         let ret = match &sig.returns {
             Returns::Exact(t) => t.clone(),
-            Returns::Unified => if unified == Ty::Null { Ty::String } else { unified.clone() },
+            Returns::Unified => {
+                if unified == Ty::Null {
+                    Ty::String
+                } else {
+                    unified.clone()
+                }
+            }
         };
-        let nullable = targs.iter().any(|a| a.nullable) || fname == "json_get" || fname == "coalesce" && targs.iter().all(|a| a.nullable);
+        let nullable = match fname {
+            // NULL only when every argument may be NULL.
+            "coalesce" => targs.iter().all(|a| a.nullable),
+            _ => targs.iter().any(|a| a.nullable),
+        };
         let args = targs
             .into_iter()
             .enumerate()
@@ -347,7 +419,12 @@ impl ExprChecker<'_> {
     fn binary(&mut self, op: BinaryOp, l: TExpr, r: TExpr, e: &Expr) -> TExpr {
         let span = e.span;
         let nullable = l.nullable || r.nullable;
-        let mk = |l: TExpr, r: TExpr, ty: Ty| TExpr { kind: TExprKind::Binary(op, Box::new(l), Box::new(r)), ty, nullable, span };
+        let mk = |l: TExpr, r: TExpr, ty: Ty| TExpr {
+            kind: TExprKind::Binary(op, Box::new(l), Box::new(r)),
+            ty,
+            nullable,
+            span,
+        };
         if l.ty == Ty::Error || r.ty == Ty::Error {
             return TExpr::error(span);
         }
@@ -360,14 +437,16 @@ impl ExprChecker<'_> {
             BinaryOp::Concat => {
                 for x in [&l, &r] {
                     if matches!(x.ty, Ty::List(_) | Ty::Record(_)) {
-                        self.mismatch(x.span, format!("cannot concatenate a {}", x.ty), "expected a string");
+                        self.mismatch(x.span, format!("cannot concatenate {}", x.ty.a()), "expected a string");
                         return TExpr::error(span);
                     }
                 }
                 mk(l.coerce(&Ty::String), r.coerce(&Ty::String), Ty::String)
             }
             op if op.is_comparison() => {
-                if matches!(l.kind, TExprKind::Literal(Value::Null)) || matches!(r.kind, TExprKind::Literal(Value::Null)) {
+                if matches!(l.kind, TExprKind::Literal(Value::Null))
+                    || matches!(r.kind, TExprKind::Literal(Value::Null))
+                {
                     let negated = op == BinaryOp::NotEq;
                     self.diags.push(
                         Diagnostic::new(Code::NullComparison, span, "comparison with `null` is never true")
@@ -377,17 +456,23 @@ impl ExprChecker<'_> {
                 }
                 let Some(common) = self.comparable(&l.ty, &r).or_else(|| self.comparable(&r.ty, &l)) else {
                     self.diags.push(
-                        Diagnostic::new(Code::TypeMismatch, span, format!("cannot compare a {} with a {}", l.ty, r.ty))
-                            .label(format!("{} {} {}", l.ty, op.symbol(), r.ty))
-                            .maybe_help(compare_help(&l.ty, &r.ty)),
+                        Diagnostic::new(
+                            Code::TypeMismatch,
+                            span,
+                            format!("cannot compare {} with {}", l.ty.a(), r.ty.a()),
+                        )
+                        .label(format!("{} {} {}", l.ty, op.symbol(), r.ty))
+                        .maybe_help(compare_help(&l.ty, &r.ty)),
                     );
                     return TExpr::error(span);
                 };
-                if matches!(common, Ty::Record(_) | Ty::List(_)) || (common == Ty::Bool && !matches!(op, BinaryOp::Eq | BinaryOp::NotEq)) {
+                if matches!(common, Ty::Record(_) | Ty::List(_))
+                    || (common == Ty::Bool && !matches!(op, BinaryOp::Eq | BinaryOp::NotEq))
+                {
                     self.mismatch(span, format!("cannot order values of type {common}"), "only `=` and `!=` apply");
                     return TExpr::error(span);
                 }
-                let (l, r) = (self.to_common(l, &common), self.to_common(r, &common));
+                let (l, r) = (self.coerce_common(l, &common), self.coerce_common(r, &common));
                 mk(l, r, Ty::Bool)
             }
             _ => self.arithmetic(op, l, r, span, nullable),
@@ -411,9 +496,15 @@ impl ExprChecker<'_> {
                 None
             };
             self.diags.push(
-                Diagnostic::new(Code::TypeMismatch, span, format!("cannot apply `{}` to {} and {}", op.symbol(), l.ty, r.ty))
-                    .label(format!("{} {} {}", l.ty, op.symbol(), r.ty))
-                    .maybe_help(help.or_else(|| Some("arithmetic needs numbers (or timestamps and durations for + and -)".into()))),
+                Diagnostic::new(
+                    Code::TypeMismatch,
+                    span,
+                    format!("cannot apply `{}` to {} and {}", op.symbol(), l.ty, r.ty),
+                )
+                .label(format!("{} {} {}", l.ty, op.symbol(), r.ty))
+                .maybe_help(
+                    help.or_else(|| Some("arithmetic needs numbers (or timestamps and durations for + and -)".into())),
+                ),
             );
             return TExpr::error(span);
         };
@@ -427,41 +518,51 @@ impl ExprChecker<'_> {
         if *a == Ty::Timestamp && b.ty == Ty::String && matches!(b.kind, TExprKind::Literal(_)) {
             return Some(Ty::Timestamp);
         }
-        if *a == Ty::String && b.ty == Ty::Timestamp {
-            return Some(Ty::Timestamp);
-        }
         a.unify(&b.ty)
     }
 
     /// Convert to the common comparison type, parsing string literals as timestamps.
-    fn to_common(&mut self, x: TExpr, common: &Ty) -> TExpr {
-        if *common == Ty::Timestamp && x.ty == Ty::String {
-            if let TExprKind::Literal(Value::String(s)) = &x.kind {
-                return match chrono::DateTime::parse_from_rfc3339(s) {
-                    Ok(t) => match t.timestamp_nanos_opt() {
-                        Some(n) => TExpr { kind: TExprKind::Literal(Value::Timestamp(n)), ty: Ty::Timestamp, nullable: false, span: x.span },
-                        None => {
-                            self.diags.push(Diagnostic::new(Code::InvalidLiteral, x.span, "timestamp out of range").label("years 1677 to 2262 fit"));
-                            TExpr::error(x.span)
-                        }
+    fn coerce_common(&mut self, x: TExpr, common: &Ty) -> TExpr {
+        if *common == Ty::Timestamp
+            && x.ty == Ty::String
+            && let TExprKind::Literal(Value::String(s)) = &x.kind
+        {
+            return match chrono::DateTime::parse_from_rfc3339(s) {
+                Ok(t) => match t.timestamp_nanos_opt() {
+                    Some(n) => TExpr {
+                        kind: TExprKind::Literal(Value::Timestamp(n)),
+                        ty: Ty::Timestamp,
+                        nullable: false,
+                        span: x.span,
                     },
-                    Err(e) => {
+                    None => {
                         self.diags.push(
-                            Diagnostic::new(Code::InvalidLiteral, x.span, format!("`{s}` is not an RFC 3339 timestamp ({e})"))
-                                .label("compared with a timestamp")
-                                .help("write it like '2026-01-31T12:00:00Z'"),
+                            Diagnostic::new(Code::InvalidLiteral, x.span, "timestamp out of range")
+                                .label("years 1677 to 2262 fit"),
                         );
                         TExpr::error(x.span)
                     }
-                };
-            }
+                },
+                Err(e) => {
+                    self.diags.push(
+                        Diagnostic::new(
+                            Code::InvalidLiteral,
+                            x.span,
+                            format!("`{s}` is not an RFC 3339 timestamp ({e})"),
+                        )
+                        .label("compared with a timestamp")
+                        .help("write it like '2026-01-31T12:00:00Z'"),
+                    );
+                    TExpr::error(x.span)
+                }
+            };
         }
         x.coerce(common)
     }
 
     fn expect(&mut self, x: &TExpr, want: &Ty, why: &str) {
         if !x.ty.fits(want) {
-            self.mismatch(x.span, format!("expected {want}, found {}", x.ty), why.to_string());
+            self.mismatch(x.span, format!("expected {want}, found {}", x.ty.a()), why.to_string());
         }
     }
 

@@ -7,12 +7,14 @@ pub(crate) mod expr;
 mod options;
 pub mod typed;
 
-use crate::ast::{self, ArmPattern, ConnectorDecl, Expr, Ident, Item, Module, Pipeline, SchemaRef, SelectItem, Stage, StageKind};
+use crate::ast::{
+    self, ArmPattern, ConnectorDecl, Expr, Ident, Item, Module, Pipeline, SchemaRef, SelectItem, Stage, StageKind,
+};
 use crate::catalog::{Catalog, OptionType, Role};
-use crate::diagnostic::{did_you_mean, Code, Diagnostic};
+use crate::diagnostic::{Code, Diagnostic, did_you_mean};
 use crate::plan::graph::{Edge, FlowGraph, Node, NodeKind, OptionValue, Port, RouteArm, TestCase};
 use crate::span::{SourceMap, Span};
-use crate::types::{dead_letter_record, Record, RecordField, StreamType, Ty};
+use crate::types::{Record, RecordField, StreamType, Ty, dead_letter_record};
 use expr::{ExprChecker, Scope};
 use petgraph::graph::{DiGraph, NodeIndex};
 use std::collections::{HashMap, HashSet};
@@ -63,9 +65,20 @@ enum Resolve<T> {
 }
 
 enum Named<'a> {
-    Source { decl: &'a ConnectorDecl, node: Option<NodeIndex> },
-    Sink { decl: &'a ConnectorDecl, node: Option<NodeIndex>, schema: Option<Arc<Record>>, spec_exprs: Vec<(String, Expr, Ty)> },
-    Flow { decl: &'a ast::FlowDecl, state: Resolve<Cursor> },
+    Source {
+        decl: &'a ConnectorDecl,
+        node: Option<NodeIndex>,
+    },
+    Sink {
+        decl: &'a ConnectorDecl,
+        node: Option<NodeIndex>,
+        schema: Option<Arc<Record>>,
+        spec_exprs: Vec<(String, Expr, Ty)>,
+    },
+    Flow {
+        decl: &'a ast::FlowDecl,
+        state: Resolve<Cursor>,
+    },
 }
 
 impl Named<'_> {
@@ -146,18 +159,21 @@ impl<'a> Checker<'a> {
                         self.duplicate("schema", &s.name, prev);
                     } else if Ty::builtin(&s.name.name).is_some() {
                         self.push(
-                            Diagnostic::new(Code::Duplicate, s.name.span, format!("`{}` is a built-in type", s.name.name))
-                                .label("cannot be redefined")
-                                .help("choose another name for the schema"),
+                            Diagnostic::new(
+                                Code::Duplicate,
+                                s.name.span,
+                                format!("`{}` is a built-in type", s.name.name),
+                            )
+                            .label("cannot be redefined")
+                            .help("choose another name for the schema"),
                         );
                     } else {
                         self.schemas.insert(s.name.name.clone(), SchemaSlot { decl: s, state: Resolve::Pending });
                     }
                 }
                 Item::Source(d) => self.declare_name(&d.name, Named::Source { decl: d, node: None }),
-                Item::Sink(d) => {
-                    self.declare_name(&d.name, Named::Sink { decl: d, node: None, schema: None, spec_exprs: Vec::new() })
-                }
+                Item::Sink(d) => self
+                    .declare_name(&d.name, Named::Sink { decl: d, node: None, schema: None, spec_exprs: Vec::new() }),
                 Item::Flow(f) => self.declare_name(&f.name, Named::Flow { decl: f, state: Resolve::Pending }),
                 _ => {}
             }
@@ -174,11 +190,16 @@ impl<'a> Checker<'a> {
     }
 
     fn duplicate(&mut self, kind: &str, name: &Ident, prev: Span) {
+        let help = if kind == "schema" {
+            "rename one of the schemas"
+        } else {
+            "sources, sinks and flows share one namespace; rename one of them"
+        };
         self.push(
             Diagnostic::new(Code::Duplicate, name.span, format!("`{}` is defined more than once", name.name))
                 .label("defined again here")
                 .secondary(prev, format!("first defined here (as a {kind})"))
-                .help("sources, sinks and flows share one namespace; rename one of them"),
+                .help(help),
         );
     }
 
@@ -255,10 +276,15 @@ impl<'a> Checker<'a> {
                 candidates.extend(schemas);
                 let help = match did_you_mean(&n.name, candidates.iter().copied()) {
                     Some(s) => format!("did you mean `{s}`?"),
-                    None => "types are string, int, float, bool, timestamp, duration, list<T>, { ... } or a schema name".into(),
+                    None => {
+                        "types are string, int, float, bool, timestamp, duration, list<T>, { ... } or a schema name"
+                            .into()
+                    }
                 };
                 self.push(
-                    Diagnostic::new(Code::UndefinedType, n.span, format!("unknown type `{}`", n.name)).label("not a type").help(help),
+                    Diagnostic::new(Code::UndefinedType, n.span, format!("unknown type `{}`", n.name))
+                        .label("not a type")
+                        .help(help),
                 );
                 Ty::Error
             }
@@ -285,9 +311,13 @@ impl<'a> Checker<'a> {
             names.sort();
             names.dedup();
             self.push(
-                Diagnostic::new(Code::WrongRole, decl.connector.span, format!("`{}` can only be a {other}", decl.connector.name))
-                    .label(format!("not a {role} connector"))
-                    .help(format!("{role} connectors: {}", names.join(", "))),
+                Diagnostic::new(
+                    Code::WrongRole,
+                    decl.connector.span,
+                    format!("`{}` can only be a {other}", decl.connector.name),
+                )
+                .label(format!("not a {role} connector"))
+                .help(format!("{role} connectors: {}", names.join(", "))),
             );
             return None;
         }
@@ -299,21 +329,36 @@ impl<'a> Checker<'a> {
             None => format!("{role} connectors: {}", names.join(", ")),
         };
         self.push(
-            Diagnostic::new(Code::UnknownConnector, decl.connector.span, format!("unknown connector `{}`", decl.connector.name))
-                .label(format!("not a {role} connector"))
-                .help(help),
+            Diagnostic::new(
+                Code::UnknownConnector,
+                decl.connector.span,
+                format!("unknown connector `{}`", decl.connector.name),
+            )
+            .label(format!("not a {role} connector"))
+            .help(help),
         );
         None
     }
 
     fn plan_sources(&mut self) {
-        let mut decls: Vec<&'a ConnectorDecl> =
-            self.names.values().filter_map(|n| if let Named::Source { decl, .. } = n { Some(*decl) } else { None }).collect();
+        let mut decls: Vec<&'a ConnectorDecl> = self
+            .names
+            .values()
+            .filter_map(|n| if let Named::Source { decl, .. } = n { Some(*decl) } else { None })
+            .collect();
         decls.sort_by_key(|d| (d.span.file, d.span.start));
         for decl in decls {
             let spec = self.connector_spec(decl, Role::Source);
             let options = match spec {
-                Some(spec) => self.options(&decl.options, &spec.options, &format!("connector `{}`", spec.name), decl.connector.span).0,
+                Some(spec) => {
+                    self.options(
+                        &decl.options,
+                        &spec.options,
+                        &format!("connector `{}`", spec.name),
+                        decl.connector.span,
+                    )
+                    .0
+                }
                 None => Vec::new(),
             };
             let record = match &decl.schema {
@@ -323,7 +368,11 @@ impl<'a> Checker<'a> {
             let metadata = Arc::new(spec.map(|s| s.metadata_record()).unwrap_or_default());
             let output = StreamType { record, open: true, metadata };
             let node = self.graph.add_node(Node {
-                kind: NodeKind::Source { name: decl.name.name.clone(), connector: decl.connector.name.clone(), options },
+                kind: NodeKind::Source {
+                    name: decl.name.name.clone(),
+                    connector: decl.connector.name.clone(),
+                    options,
+                },
                 span: decl.span,
                 output,
             });
@@ -334,13 +383,21 @@ impl<'a> Checker<'a> {
     }
 
     fn plan_sinks(&mut self) {
-        let mut decls: Vec<&'a ConnectorDecl> =
-            self.names.values().filter_map(|n| if let Named::Sink { decl, .. } = n { Some(*decl) } else { None }).collect();
+        let mut decls: Vec<&'a ConnectorDecl> = self
+            .names
+            .values()
+            .filter_map(|n| if let Named::Sink { decl, .. } = n { Some(*decl) } else { None })
+            .collect();
         decls.sort_by_key(|d| (d.span.file, d.span.start));
         for decl in decls {
             let spec = self.connector_spec(decl, Role::Sink);
             let (options, exprs) = match spec {
-                Some(spec) => self.options(&decl.options, &spec.options, &format!("connector `{}`", spec.name), decl.connector.span),
+                Some(spec) => self.options(
+                    &decl.options,
+                    &spec.options,
+                    &format!("connector `{}`", spec.name),
+                    decl.connector.span,
+                ),
                 None => (Vec::new(), Vec::new()),
             };
             let schema = decl.schema.as_ref().and_then(|s| self.schema_ref(s));
@@ -364,10 +421,11 @@ impl<'a> Checker<'a> {
         specs: &[crate::catalog::OptionSpec],
         what: &str,
         anchor: Span,
-    ) -> (Vec<(String, OptionValue)>, Vec<(String, Expr, Ty)>) {
+    ) -> CheckedOptions {
         let mut values = Vec::new();
         let mut exprs = Vec::new();
         let mut seen: HashMap<&str, Span> = HashMap::new();
+        let mut misspelled: HashSet<&str> = HashSet::new();
         for entry in &opts.entries {
             let name = entry.name.name.as_str();
             if let Some(prev) = seen.get(name) {
@@ -382,7 +440,11 @@ impl<'a> Checker<'a> {
             let Some(spec) = specs.iter().find(|s| s.name == name) else {
                 let names: Vec<&str> = specs.iter().map(|s| s.name).collect();
                 let help = match did_you_mean(name, names.iter().copied()) {
-                    Some(s) => format!("did you mean `{s}`?"),
+                    Some(s) => {
+                        // The typo stands for `s`: do not also report `s` as missing.
+                        misspelled.insert(s);
+                        format!("did you mean `{s}`?")
+                    }
                     None => format!("options of {what}: {}", names.join(", ")),
                 };
                 self.push(
@@ -402,17 +464,26 @@ impl<'a> Checker<'a> {
                 continue;
             }
             match options::value(&entry.value, &spec.ty, name) {
+                // Secrets given inline are wrapped so no rendering of the plan shows them.
+                Ok(v) if spec.secret && !matches!(v, OptionValue::Env { .. }) => {
+                    values.push((name.to_string(), OptionValue::Secret(Box::new(v))))
+                }
                 Ok(v) => values.push((name.to_string(), v)),
                 Err(d) => self.push(d),
             }
         }
-        let missing: Vec<&crate::catalog::OptionSpec> = specs.iter().filter(|s| s.required && !seen.contains_key(s.name)).collect();
+        let missing: Vec<&crate::catalog::OptionSpec> =
+            specs.iter().filter(|s| s.required && !seen.contains_key(s.name) && !misspelled.contains(s.name)).collect();
         for spec in missing {
             self.push(
-                Diagnostic::new(Code::MissingOption, opts.span.unwrap_or(anchor), format!("{what} needs option `{}`", spec.name))
-                    .label(format!("`{}` is missing", spec.name))
-                    .secondary(anchor, "required by this connector")
-                    .help(format!("add `{} = <{}>`: {}", spec.name, spec.ty, spec.doc)),
+                Diagnostic::new(
+                    Code::MissingOption,
+                    opts.span.unwrap_or(anchor),
+                    format!("{what} needs option `{}`", spec.name),
+                )
+                .label(format!("`{}` is missing", spec.name))
+                .secondary(anchor, "required by this connector")
+                .help(format!("add `{} = <{}>`: {}", spec.name, spec.ty, spec.doc)),
             );
         }
         (values, exprs)
@@ -434,13 +505,18 @@ impl<'a> Checker<'a> {
             let help = did_you_mean(name, candidates.iter().copied()).map(|s| format!("did you mean `{s}`?"));
             let help = help.unwrap_or_else(|| {
                 if self.schemas.contains_key(name) {
-                    format!("`{name}` is a schema; declare a source that reads it: `source {} = ... as {name}`", name.to_lowercase())
+                    format!(
+                        "`{name}` is a schema; declare a source that reads it: `source {} = ... as {name}`",
+                        name.to_lowercase()
+                    )
                 } else {
                     "declare it with `source` or `flow`".into()
                 }
             });
             self.push(
-                Diagnostic::new(Code::UndefinedStream, r.name.span, format!("no source or flow named `{name}`")).label("not found").help(help),
+                Diagnostic::new(Code::UndefinedStream, r.name.span, format!("no source or flow named `{name}`"))
+                    .label("not found")
+                    .help(help),
             );
             return None;
         };
@@ -448,16 +524,30 @@ impl<'a> Checker<'a> {
             (Named::Source { node: Some(node), .. }, None) => {
                 let node = *node;
                 self.used_sources.insert(name.clone());
-                Some(Cursor { node, port: Port::Out, ty: self.graph[node].output.clone(), describe: format!("source `{name}`") })
+                Some(Cursor {
+                    node,
+                    port: Port::Out,
+                    ty: self.graph[node].output.clone(),
+                    describe: format!("source `{name}`"),
+                })
             }
             (Named::Source { node: Some(node), .. }, Some(_)) | (Named::Sink { node: Some(node), .. }, Some(_)) => {
-                Some(Cursor { node: *node, port: Port::Errors, ty: dead_letters(), describe: format!("`{name}.errors`") })
+                Some(Cursor {
+                    node: *node,
+                    port: Port::Errors,
+                    ty: dead_letters(),
+                    describe: format!("`{name}.errors`"),
+                })
             }
             (Named::Sink { .. }, None) => {
                 self.push(
-                    Diagnostic::new(Code::WrongKind, r.name.span, format!("`{name}` is a sink; events cannot be read from it"))
-                        .label("a sink, not a stream")
-                        .help(format!("to handle the events `{name}` failed to write, read `{name}.errors`")),
+                    Diagnostic::new(
+                        Code::WrongKind,
+                        r.name.span,
+                        format!("`{name}` is a sink; events cannot be read from it"),
+                    )
+                    .label("a sink, not a stream")
+                    .help(format!("to handle the events `{name}` failed to write, read `{name}.errors`")),
                 );
                 None
             }
@@ -475,10 +565,14 @@ impl<'a> Checker<'a> {
                     FlowOut::Stream(c) => Some(c),
                     FlowOut::Terminal(decl_span) => {
                         self.push(
-                            Diagnostic::new(Code::NoOutput, r.name.span, format!("flow `{name}` ends in a sink, `drop` or route and produces no events"))
-                                .label("nothing to read")
-                                .secondary(decl_span, "the flow ends here")
-                                .help("give the part before the last stage its own `flow` name and read that"),
+                            Diagnostic::new(
+                                Code::NoOutput,
+                                r.name.span,
+                                format!("flow `{name}` ends in a sink, `drop` or route and produces no events"),
+                            )
+                            .label("nothing to read")
+                            .secondary(decl_span, "the flow ends here")
+                            .help("give the part before the last stage its own `flow` name and read that"),
                         );
                         None
                     }
@@ -563,9 +657,13 @@ impl<'a> Checker<'a> {
                     let pred = self.expr(e, &c);
                     if !pred.ty.fits(&Ty::Bool) {
                         self.push(
-                            Diagnostic::new(Code::TypeMismatch, e.span, format!("`where` needs a bool, found {}", pred.ty))
-                                .label(format!("this is a {}", pred.ty))
-                                .help("compare it with something: `where amount > 0`"),
+                            Diagnostic::new(
+                                Code::TypeMismatch,
+                                e.span,
+                                format!("`where` needs a bool, found {}", pred.ty.a()),
+                            )
+                            .label(format!("this is {}", pred.ty.a()))
+                            .help("compare it with something: `where amount > 0`"),
                         );
                     }
                     let pred = pred.coerce(&Ty::Bool);
@@ -618,6 +716,11 @@ impl<'a> Checker<'a> {
         let mut seen: HashMap<String, Span> = HashMap::new();
         for item in items {
             match item {
+                SelectItem::Star(span) if star => self.push(
+                    Diagnostic::new(Code::DuplicateField, *span, "`*` appears twice in one select")
+                        .label("every field again")
+                        .help("remove the second `*`"),
+                ),
                 SelectItem::Star(_) => {
                     star = true;
                     fields.extend(c.ty.record.fields.iter().cloned());
@@ -654,7 +757,11 @@ impl<'a> Checker<'a> {
                 }
             }
         }
-        let ty = StreamType { record: Arc::new(Record { fields }), open: star && c.ty.open, metadata: c.ty.metadata.clone() };
+        let ty = StreamType {
+            record: Arc::new(Record { fields }),
+            open: star && c.ty.open,
+            metadata: c.ty.metadata.clone(),
+        };
         let describe = "the selected event".to_string();
         let node = self.add(NodeKind::Project { star, items: out }, span, ty.clone(), &c);
         Cursor { node, port: Port::Out, ty, describe }
@@ -674,15 +781,25 @@ impl<'a> Checker<'a> {
                 return;
             }
             None => {
-                let mut sinks: Vec<&str> =
-                    self.names.iter().filter(|(_, n)| matches!(n, Named::Sink { .. })).map(|(k, _)| k.as_str()).collect();
+                let mut sinks: Vec<&str> = self
+                    .names
+                    .iter()
+                    .filter(|(_, n)| matches!(n, Named::Sink { .. }))
+                    .map(|(k, _)| k.as_str())
+                    .collect();
                 sinks.sort();
                 let help = match did_you_mean(&name.name, sinks.iter().copied()) {
                     Some(s) => format!("did you mean `{s}`?"),
-                    None if sinks.is_empty() => format!("declare it: `sink {} = file {{ path = \"out.jsonl\" }}`", name.name),
+                    None if sinks.is_empty() => {
+                        format!("declare it: `sink {} = file {{ path = \"out.jsonl\" }}`", name.name)
+                    }
                     None => format!("declared sinks: {}", sinks.join(", ")),
                 };
-                self.push(Diagnostic::new(Code::UndefinedSink, name.span, format!("no sink named `{}`", name.name)).label("not found").help(help));
+                self.push(
+                    Diagnostic::new(Code::UndefinedSink, name.span, format!("no sink named `{}`", name.name))
+                        .label("not found")
+                        .help(help),
+                );
                 return;
             }
         };
@@ -712,8 +829,15 @@ impl<'a> Checker<'a> {
             match &arm.pattern {
                 ArmPattern::Else(s) if i != last => {
                     let first_else = route.arms.iter().position(|a| matches!(a.pattern, ArmPattern::Else(_))) == Some(i);
-                    let msg = if first_else { "`else` must be the last arm" } else { "a route has only one `else` arm" };
-                    self.push(Diagnostic::new(Code::ElseArm, *s, msg).label("misplaced").help("move the `else` arm to the end"));
+                    let else_count = route.arms.iter().filter(|a| matches!(a.pattern, ArmPattern::Else(_))).count();
+                    let (msg, help) = if else_count > 1 {
+                        ("a route has only one `else` arm", "remove all but one `else` arm, and keep it last")
+                    } else if first_else {
+                        ("`else` must be the last arm", "move the `else` arm to the end")
+                    } else {
+                        ("a route has only one `else` arm", "remove all but one `else` arm")
+                    };
+                    self.push(Diagnostic::new(Code::ElseArm, *s, msg).label("misplaced").help(help));
                 }
                 ArmPattern::Values(v) if route.key.is_none() => self.push(
                     Diagnostic::new(Code::ArmKind, v.first().map_or(arm.span, |e| e.span), "value arm in a route without `by`")
@@ -765,8 +889,12 @@ impl<'a> Checker<'a> {
                     let t = self.expr(w, &c);
                     if !t.ty.fits(&Ty::Bool) {
                         self.push(
-                            Diagnostic::new(Code::TypeMismatch, w.span, format!("a `when` arm needs a bool, found {}", t.ty))
-                                .label(format!("this is a {}", t.ty)),
+                            Diagnostic::new(
+                                Code::TypeMismatch,
+                                w.span,
+                                format!("a `when` arm needs a bool, found {}", t.ty.a()),
+                            )
+                            .label(format!("this is {}", t.ty.a())),
                         );
                     }
                     if let Some(prev) = seen_preds.iter().find(|p| p.same_as(w)) {
@@ -789,14 +917,21 @@ impl<'a> Checker<'a> {
                     for v in values {
                         let tv = self.expr(v, &c);
                         if !matches!(tv.kind, TExprKind::Literal(_) | TExprKind::Error) {
-                            self.push(Diagnostic::new(Code::ArmKind, v.span, "route arm values must be literals").label("not a literal"));
+                            self.push(
+                                Diagnostic::new(Code::ArmKind, v.span, "route arm values must be literals")
+                                    .label("not a literal"),
+                            );
                             continue;
                         }
                         if k.ty.unify(&tv.ty).is_none() {
                             self.push(
-                                Diagnostic::new(Code::TypeMismatch, v.span, format!("arm value is a {}, but the route key is a {}", tv.ty, k.ty))
-                                    .label(format!("expected {}", k.ty))
-                                    .secondary(k.span, format!("the key is a {}", k.ty)),
+                                Diagnostic::new(
+                                    Code::TypeMismatch,
+                                    v.span,
+                                    format!("arm value is {}, but the route key is {}", tv.ty.a(), k.ty.a()),
+                                )
+                                .label(format!("expected {}", k.ty))
+                                .secondary(k.span, format!("the key is {}", k.ty.a())),
                             );
                             continue;
                         }
@@ -810,9 +945,16 @@ impl<'a> Checker<'a> {
                         if let Some((_, prev)) = seen_values.iter().find(|(p, _)| p.kind == tv.kind) {
                             let code = if all { Code::DuplicateArm } else { Code::UnreachableArm };
                             self.push(
-                                Diagnostic::new(code, v.span, format!("value {} is already matched by an earlier arm", self.sources.snippet(v.span)))
-                                    .label(if all { "duplicate value" } else { "never reaches this arm" })
-                                    .secondary(*prev, "first matched here"),
+                                Diagnostic::new(
+                                    code,
+                                    v.span,
+                                    format!(
+                                        "value {} is already matched by an earlier arm",
+                                        self.sources.snippet(v.span)
+                                    ),
+                                )
+                                .label(if all { "duplicate value" } else { "never reaches this arm" })
+                                .secondary(*prev, "first matched here"),
                             );
                         }
                         if let TExprKind::Literal(Value::Bool(b)) = tv.kind {
@@ -904,10 +1046,16 @@ impl<'a> Checker<'a> {
                 }
                 if !t.ty.fits(want) && t.ty != Ty::Error {
                     self.push(
-                        Diagnostic::new(Code::OptionType, e.span, format!("option `{name}` must be a {want}, found {}", t.ty))
-                            .label(format!("a {}", t.ty))
-                            .secondary(stage_span, "for the events written here")
-                            .maybe_help((*want == Ty::String).then(|| "convert with `... || ''` or a string function".to_string())),
+                        Diagnostic::new(
+                            Code::OptionType,
+                            e.span,
+                            format!("option `{name}` must be {}, found {}", want.a(), t.ty.a()),
+                        )
+                        .label(t.ty.a())
+                        .secondary(stage_span, "for the events written here")
+                        .maybe_help(
+                            (*want == Ty::String).then(|| "convert with `... || ''` or a string function".to_string()),
+                        ),
                     );
                 }
                 typed.push((name.clone(), t.coerce(want)));
@@ -924,18 +1072,38 @@ impl<'a> Checker<'a> {
             match have.record.field(&f.name) {
                 None if f.optional => {}
                 None => self.push(
-                    Diagnostic::new(Code::SinkSchema, at, format!("sink `{sink}` requires field `{}`, which these events do not declare", f.name))
-                        .label(format!("events without `{}`", f.name))
-                        .help(format!("add `{}` to the events (a `select ... as {}`), or make it optional in the sink's schema", f.name, f.name)),
+                    Diagnostic::new(
+                        Code::SinkSchema,
+                        at,
+                        format!("sink `{sink}` requires field `{}`, which these events do not declare", f.name),
+                    )
+                    .label(format!("events without `{}`", f.name))
+                    .help(format!(
+                        "add `{}` to the events (a `select ... as {}`), or make it optional in the sink's schema",
+                        f.name, f.name
+                    )),
                 ),
                 Some(h) if !h.ty.fits(&f.ty) => self.push(
-                    Diagnostic::new(Code::SinkSchema, at, format!("sink `{sink}` requires `{}` to be a {}, but these events have a {}", f.name, f.ty, h.ty))
-                        .label("type differs"),
+                    Diagnostic::new(
+                        Code::SinkSchema,
+                        at,
+                        format!(
+                            "sink `{sink}` requires `{}` to be {}, but these events have {}",
+                            f.name,
+                            f.ty.a(),
+                            h.ty.a()
+                        ),
+                    )
+                    .label("type differs"),
                 ),
                 Some(h) if h.optional && !f.optional => self.push(
-                    Diagnostic::new(Code::SinkSchema, at, format!("sink `{sink}` requires field `{}`, which may be missing here", f.name))
-                        .label(format!("`{}` is optional here", f.name))
-                        .help(format!("give it a default: `select *, coalesce({0}, ...) as {0}`", f.name)),
+                    Diagnostic::new(
+                        Code::SinkSchema,
+                        at,
+                        format!("sink `{sink}` requires field `{}`, which may be missing here", f.name),
+                    )
+                    .label(format!("`{}` is optional here", f.name))
+                    .help(format!("give it a default: `select *, coalesce({0}, ...) as {0}`", f.name)),
                 ),
                 Some(_) => {}
             }
@@ -963,14 +1131,26 @@ impl<'a> Checker<'a> {
     }
 
     fn unused(&mut self, modules: &'a [Module]) {
+        // With errors, "unused" is usually a consequence (a misspelt reader): say nothing yet.
+        if self.diags.iter().any(Diagnostic::is_error) {
+            return;
+        }
         let mut warnings = Vec::new();
         for item in modules.iter().flat_map(|m| &m.items) {
             match item {
-                Item::Source(d) if !self.used_sources.contains(&d.name.name) && self.is_declared(d.span, &d.name.name) => warnings.push(
-                    Diagnostic::new(Code::UnusedSource, d.name.span, format!("source `{}` feeds nothing", d.name.name))
+                Item::Source(d)
+                    if !self.used_sources.contains(&d.name.name) && self.is_declared(d.span, &d.name.name) =>
+                {
+                    warnings.push(
+                        Diagnostic::new(
+                            Code::UnusedSource,
+                            d.name.span,
+                            format!("source `{}` feeds nothing", d.name.name),
+                        )
                         .label("never read")
                         .help(format!("read it in a pipeline: `{} | <sink>`", d.name.name)),
-                ),
+                    )
+                }
                 Item::Sink(d) => {
                     let node = match self.names.get(&d.name.name) {
                         Some(Named::Sink { node: Some(n), decl, .. }) if decl.span == d.span => *n,
@@ -978,8 +1158,12 @@ impl<'a> Checker<'a> {
                     };
                     if self.graph.edges_directed(node, petgraph::Direction::Incoming).next().is_none() {
                         warnings.push(
-                            Diagnostic::new(Code::UnusedSink, d.name.span, format!("sink `{}` receives nothing", d.name.name))
-                                .label("never written"),
+                            Diagnostic::new(
+                                Code::UnusedSink,
+                                d.name.span,
+                                format!("sink `{}` receives nothing", d.name.name),
+                            )
+                            .label("never written"),
                         );
                     }
                 }
@@ -987,9 +1171,13 @@ impl<'a> Checker<'a> {
                     let ends_in_terminal = f.pipeline.stages.last().is_some_and(|s| s.kind.is_terminal());
                     if !ends_in_terminal {
                         warnings.push(
-                            Diagnostic::new(Code::UnusedFlow, f.name.span, format!("flow `{}` feeds nothing", f.name.name))
-                                .label("its events go nowhere")
-                                .help(format!("end it with a sink (`| <sink>`) or read it: `{} | <sink>`", f.name.name)),
+                            Diagnostic::new(
+                                Code::UnusedFlow,
+                                f.name.span,
+                                format!("flow `{}` feeds nothing", f.name.name),
+                            )
+                            .label("its events go nowhere")
+                            .help(format!("end it with a sink (`| <sink>`) or read it: `{} | <sink>`", f.name.name)),
                         );
                     }
                 }
@@ -1029,9 +1217,13 @@ impl<'a> Checker<'a> {
                     match test_events(&d.value, true, d.span) {
                         Ok(events) => case.inputs.push((d.target.name.clone(), events)),
                         Err(span) => self.push(
-                            Diagnostic::new(Code::BadTest, span, "test input must be a JSON object, a string, or an array of them")
-                                .label("not an event")
-                                .help("write `input src = {\"id\": 1}`; a string is fed as a raw line"),
+                            Diagnostic::new(
+                                Code::BadTest,
+                                span,
+                                "test input must be a JSON object, a string, or an array of them",
+                            )
+                            .label("not an event")
+                            .help("write `input src = {\"id\": 1}`; a string is fed as a raw line"),
                         ),
                     }
                 }
@@ -1064,7 +1256,9 @@ impl<'a> Checker<'a> {
             let mut candidates: Vec<&str> = self
                 .names
                 .iter()
-                .filter(|(_, n)| if input { matches!(n, Named::Source { .. }) } else { matches!(n, Named::Sink { .. }) })
+                .filter(
+                    |(_, n)| if input { matches!(n, Named::Source { .. }) } else { matches!(n, Named::Sink { .. }) },
+                )
                 .map(|(k, _)| k.as_str())
                 .collect();
             candidates.sort();
@@ -1074,9 +1268,13 @@ impl<'a> Checker<'a> {
             };
             let verb = if input { "input" } else { "expect" };
             self.push(
-                Diagnostic::new(Code::BadTest, target.span, format!("`{verb}` needs a {want}, and `{}` is not one", target.name))
-                    .label(format!("not a {want}"))
-                    .help(help),
+                Diagnostic::new(
+                    Code::BadTest,
+                    target.span,
+                    format!("`{verb}` needs a {want}, and `{}` is not one", target.name),
+                )
+                .label(format!("not a {want}"))
+                .help(help),
             );
         }
         ok
@@ -1103,6 +1301,9 @@ impl<'a> Checker<'a> {
         Some(self.options(&d.options, &specs, "`deploy`", anchor).0)
     }
 }
+
+/// Static option values, and per-event option expressions with their wanted type.
+type CheckedOptions = (Vec<(String, OptionValue)>, Vec<(String, Expr, Ty)>);
 
 enum FlowOut {
     Stream(Cursor),

@@ -8,10 +8,10 @@ use crate::plan::graph::OptionValue;
 /// The checked value of a static option.
 pub fn value(e: &Expr, ty: &OptionType, name: &str) -> Result<OptionValue, Diagnostic> {
     let e = e.unparen();
-    if let ExprKind::Call { name: f, args } = &e.kind {
-        if f.name == "env" {
-            return env(e, args, ty, name);
-        }
+    if let ExprKind::Call { name: f, args } = &e.kind
+        && f.name == "env"
+    {
+        return env(e, args, ty, name);
     }
     let lit = match &e.kind {
         ExprKind::Literal(l) => Some(l),
@@ -31,7 +31,9 @@ pub fn value(e: &Expr, ty: &OptionType, name: &str) -> Result<OptionValue, Diagn
             Some(OptionValue::String(s.clone()))
         }
         // A bare word reads naturally for enums: `start = earliest`.
-        (OptionType::Enum(words), None, ExprKind::Field(path)) if path.len() == 1 && words.contains(&path[0].name.as_str()) => {
+        (OptionType::Enum(words), None, ExprKind::Field(path))
+            if path.len() == 1 && words.contains(&path[0].name.as_str()) =>
+        {
             Some(OptionValue::String(path[0].name.clone()))
         }
         (OptionType::List(inner), None, ExprKind::List(items)) => {
@@ -48,22 +50,31 @@ fn env(e: &Expr, args: &[Expr], ty: &OptionType, name: &str) -> Result<OptionVal
     let var = match args.first().map(|a| &a.unparen().kind) {
         Some(ExprKind::Literal(Literal::String(s))) if !s.is_empty() => s.clone(),
         _ => {
-            return Err(Diagnostic::new(Code::EnvMisuse, e.span, "`env` takes the variable's name as a string literal")
-                .label("expected `env(\"NAME\")` or `env(\"NAME\", default)`"));
+            return Err(Diagnostic::new(
+                Code::EnvMisuse,
+                e.span,
+                "`env` takes the variable's name as a string literal",
+            )
+            .label("expected `env(\"NAME\")` or `env(\"NAME\", default)`"));
         }
     };
     if args.len() > 2 {
-        return Err(Diagnostic::new(Code::EnvMisuse, e.span, format!("`env` takes 1 or 2 arguments, {} given", args.len()))
-            .label("too many arguments")
-            .help("`env(\"NAME\", default)`"));
+        return Err(Diagnostic::new(
+            Code::EnvMisuse,
+            e.span,
+            format!("`env` takes 1 or 2 arguments, {} given", args.len()),
+        )
+        .label("too many arguments")
+        .help("`env(\"NAME\", default)`"));
     }
     let default = match args.get(1) {
         None => None,
         Some(d) => {
-            if let ExprKind::Call { name: f, .. } = &d.unparen().kind {
-                if f.name == "env" {
-                    return Err(Diagnostic::new(Code::EnvMisuse, d.span, "an `env` default cannot be another `env`").label("nested env"));
-                }
+            if let ExprKind::Call { name: f, .. } = &d.unparen().kind
+                && f.name == "env"
+            {
+                return Err(Diagnostic::new(Code::EnvMisuse, d.span, "an `env` default cannot be another `env`")
+                    .label("nested env"));
             }
             Some(Box::new(value(d, ty, name)?))
         }
@@ -97,9 +108,13 @@ fn mismatch(e: &Expr, ty: &OptionType, name: &str) -> Diagnostic {
         _ => "an expression".into(),
     };
     let help = match (ty, &e.kind) {
-        (OptionType::Duration, ExprKind::Literal(Literal::Int(..))) => Some("add a unit: `250ms`, `5s`, `1m`".to_string()),
+        (OptionType::Duration, ExprKind::Literal(Literal::Int(..))) => {
+            Some("add a unit: `250ms`, `5s`, `1m`".to_string())
+        }
         (OptionType::String, ExprKind::Field(p)) if p.len() == 1 => Some(format!("quote it: `\"{}\"`", p[0].name)),
-        (OptionType::String | OptionType::Enum(_), ExprKind::Literal(Literal::Int(i, _))) => Some(format!("quote it: `\"{i}\"`")),
+        (OptionType::String | OptionType::Enum(_), ExprKind::Literal(Literal::Int(i, _))) => {
+            Some(format!("quote it: `\"{i}\"`"))
+        }
         (OptionType::Int | OptionType::Float, ExprKind::Literal(Literal::String(s))) if s.parse::<f64>().is_ok() => {
             Some(format!("remove the quotes: `{s}`"))
         }

@@ -27,11 +27,32 @@ pub enum TExprKind {
     Not(Box<TExpr>),
     Neg(Box<TExpr>),
     Binary(BinaryOp, Box<TExpr>, Box<TExpr>),
-    IsNull { expr: Box<TExpr>, negated: bool },
-    InList { expr: Box<TExpr>, list: Vec<TExpr>, negated: bool },
-    Between { expr: Box<TExpr>, low: Box<TExpr>, high: Box<TExpr>, negated: bool },
-    Like { expr: Box<TExpr>, pattern: Box<TExpr>, negated: bool, case_insensitive: bool },
-    Case { operand: Option<Box<TExpr>>, whens: Vec<(TExpr, TExpr)>, otherwise: Option<Box<TExpr>> },
+    IsNull {
+        expr: Box<TExpr>,
+        negated: bool,
+    },
+    InList {
+        expr: Box<TExpr>,
+        list: Vec<TExpr>,
+        negated: bool,
+    },
+    Between {
+        expr: Box<TExpr>,
+        low: Box<TExpr>,
+        high: Box<TExpr>,
+        negated: bool,
+    },
+    Like {
+        expr: Box<TExpr>,
+        pattern: Box<TExpr>,
+        negated: bool,
+        case_insensitive: bool,
+    },
+    Case {
+        operand: Option<Box<TExpr>>,
+        whens: Vec<(TExpr, TExpr)>,
+        otherwise: Option<Box<TExpr>>,
+    },
     /// An implicit conversion to `ty` (int → float, scalar → string for `||`).
     Cast(Box<TExpr>),
     /// Stands in for an expression that already produced an error.

@@ -30,17 +30,33 @@ pub struct Node<E> {
 
 #[derive(Debug, Clone)]
 pub enum NodeKind<E> {
-    Source { name: String, connector: String, options: Vec<(String, OptionValue)> },
+    Source {
+        name: String,
+        connector: String,
+        options: Vec<(String, OptionValue)>,
+    },
     /// Keeps events whose predicate is true.
-    Filter { predicate: E },
+    Filter {
+        predicate: E,
+    },
     /// Reshapes events; `star` keeps every input field (declared or not) before `items`.
-    Project { star: bool, items: Vec<(String, E)> },
+    Project {
+        star: bool,
+        items: Vec<(String, E)>,
+    },
     /// Sends each event to the first matching arm, or (`all`) to every matching arm. An arm with
     /// no condition is the `else` arm: events that matched no other arm.
-    Route { all: bool, arms: Vec<RouteArm<E>> },
+    Route {
+        all: bool,
+        arms: Vec<RouteArm<E>>,
+    },
     /// Discards events on purpose (they count as handled).
     Drop,
-    Sink { name: String, connector: String, options: Vec<(String, OptionValue)> },
+    Sink {
+        name: String,
+        connector: String,
+        options: Vec<(String, OptionValue)>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -92,7 +108,12 @@ pub enum OptionValue {
     Size(u64),
     List(Vec<OptionValue>),
     /// `env("NAME", default)`: read from the environment at start; never printed.
-    Env { name: String, default: Option<Box<OptionValue>> },
+    Env {
+        name: String,
+        default: Option<Box<OptionValue>>,
+    },
+    /// A secret option given inline (discouraged: use `env`); displayed as `***`.
+    Secret(Box<OptionValue>),
     /// A per-event expression; its typed form is on each edge into the sink (`Edge::sink_exprs`).
     Expr(String),
 }
@@ -118,6 +139,7 @@ impl fmt::Display for OptionValue {
             }
             // The value is a secret or a setting: show where it comes from, never what it is.
             OptionValue::Env { name, .. } => write!(f, "env({name:?})"),
+            OptionValue::Secret(_) => f.write_str("***"),
             OptionValue::Expr(text) => f.write_str(text),
         }
     }
@@ -125,8 +147,14 @@ impl fmt::Display for OptionValue {
 
 /// `1500000000` → `1500ms`: the largest unit that divides exactly.
 pub fn format_duration(ns: i64) -> String {
-    const UNITS: &[(i64, &str)] =
-        &[(86_400_000_000_000, "d"), (3_600_000_000_000, "h"), (60_000_000_000, "m"), (1_000_000_000, "s"), (1_000_000, "ms"), (1_000, "us")];
+    const UNITS: &[(i64, &str)] = &[
+        (86_400_000_000_000, "d"),
+        (3_600_000_000_000, "h"),
+        (60_000_000_000, "m"),
+        (1_000_000_000, "s"),
+        (1_000_000, "ms"),
+        (1_000, "us"),
+    ];
     for (scale, unit) in UNITS {
         if ns != 0 && ns % scale == 0 {
             return format!("{}{unit}", ns / scale);
@@ -181,7 +209,8 @@ impl<E> FlowGraph<E> {
     where
         F: FnMut(E) -> Result<T, Err>,
     {
-        let mut graph: DiGraph<Node<T>, Edge<T>> = DiGraph::with_capacity(self.graph.node_count(), self.graph.edge_count());
+        let mut graph: DiGraph<Node<T>, Edge<T>> =
+            DiGraph::with_capacity(self.graph.node_count(), self.graph.edge_count());
         let (nodes, edges) = self.graph.into_nodes_edges();
         for n in nodes {
             let w = n.weight;
@@ -196,7 +225,13 @@ impl<E> FlowGraph<E> {
                     all,
                     arms: arms
                         .into_iter()
-                        .map(|a| Ok(RouteArm { condition: a.condition.map(&mut f).transpose()?, label: a.label, span: a.span }))
+                        .map(|a| {
+                            Ok(RouteArm {
+                                condition: a.condition.map(&mut f).transpose()?,
+                                label: a.label,
+                                span: a.span,
+                            })
+                        })
                         .collect::<Result<_, Err>>()?,
                 },
                 NodeKind::Drop => NodeKind::Drop,
