@@ -156,7 +156,10 @@ fn sample_keeps_meaning_and_comments_and_is_idempotent() {
     assert!(out.contains("  `unit price`: float,\n  source: string,\n  end: int,\n}\n"), "{out}");
     assert!(out.contains("schema Keyed {\n  type: string,\n  select: bool,\n  `Weird-Name`: string,\n}\n"), "{out}");
     assert!(out.contains("sink `weird sink` = stdout {}\n"), "{out}");
-    assert!(out.contains("    | where @paid = true or @key like 'vip-%'\n    /* inline */\n    | select id\n"), "{out}");
+    assert!(
+        out.contains("    | where @paid = true or @key like 'vip-%'\n    /* inline */\n    | select id\n"),
+        "{out}"
+    );
     assert!(out.contains("orders.errors | dead\n\nvip.errors | drop\n"), "{out}");
     assert!(out.contains("  'DE' | 'AT' => vip,  // German-speaking\n  -1 | 2.5 => drop,\n"), "{out}");
     assert!(out.contains("  'big' => route by country {\n    'DE' => vip,\n    else => drop,\n  },\n"), "{out}");
@@ -179,13 +182,17 @@ fn dump_shows_structure() {
          (route-statement orders (route all (by k) (=> (values 'a' -1) (drop)) (=> (when (is-not-null x)) (where y) (sink s)) (=> else (sink t))))\n"
     );
     assert_eq!(
-        ast("source s = k { a = 1_000, b = \"x\" } as { f: list<int>?, `g h`: { i: bool } }\nsink t = k\nsink u = k {}\n"),
+        ast(
+            "source s = k { a = 1_000, b = \"x\" } as { f: list<int>?, `g h`: { i: bool } }\nsink t = k\nsink u = k {}\n"
+        ),
         "(source s k (options (a 1_000) (b 'x')) (as (record (f (list int)?) (`g h` (record (i bool))))))\n\
          (sink t k)\n\
          (sink u k (options))\n"
     );
     assert_eq!(
-        ast("s | where not -a * (b + c) - d.e.f || @m = `null` and null is null | select case x when 1 then f(y).z else [] end | o"),
+        ast(
+            "s | where not -a * (b + c) - d.e.f || @m = `null` and null is null | select case x when 1 then f(y).z else [] end | o"
+        ),
         "(pipeline s (where (and (not (= (|| (- (* (neg a) (paren (+ b c))) d.e.f) @m) `null`)) (is-null null))) \
          (select (case (operand x) (when 1 (. (call f y) z)) (else []))) (sink o))\n"
     );
@@ -193,12 +200,16 @@ fn dump_shows_structure() {
 
 #[test]
 fn short_pipeline_stays_on_one_line() {
-    assert_eq!(fmt("orders   |where amount>100|select id,amount AS a|vip;"), "orders | where amount > 100 | select id, amount as a | vip\n");
+    assert_eq!(
+        fmt("orders   |where amount>100|select id,amount AS a|vip;"),
+        "orders | where amount > 100 | select id, amount as a | vip\n"
+    );
 }
 
 #[test]
 fn long_pipeline_breaks_one_stage_per_line() {
-    let text = "orders | where amount > 100 and country in ('DE', 'FR', 'NL', 'AT', 'CH') | select id, amount, country | vip";
+    let text =
+        "orders | where amount > 100 and country in ('DE', 'FR', 'NL', 'AT', 'CH') | select id, amount, country | vip";
     assert_eq!(
         fmt(text),
         "orders\n  | where amount > 100 and country in ('DE', 'FR', 'NL', 'AT', 'CH')\n  | select id, amount, country\n  | vip\n"
@@ -214,11 +225,16 @@ fn long_pipeline_breaks_one_stage_per_line() {
 fn connectors_break_their_options_when_long() {
     assert_eq!(fmt("source  o=kafka{topic='orders',}as Order"), "source o = kafka { topic = \"orders\" } as Order\n");
     assert_eq!(
-        fmt("sink s = elasticsearch { index = 'orders-index', hosts = ['http://a:9200', 'http://b:9200'], batch = 500 } as Order"),
+        fmt(
+            "sink s = elasticsearch { index = 'orders-index', hosts = ['http://a:9200', 'http://b:9200'], batch = 500 } as Order"
+        ),
         "sink s = elasticsearch {\n  index = \"orders-index\",\n  hosts = [\"http://a:9200\", \"http://b:9200\"],\n  batch = 500,\n} as Order\n"
     );
     // A comment inside the options keeps them one per line.
-    assert_eq!(fmt("source o = kafka { topic = 'o' /* why */ }"), "source o = kafka {\n  topic = \"o\",  /* why */\n}\n");
+    assert_eq!(
+        fmt("source o = kafka { topic = 'o' /* why */ }"),
+        "source o = kafka {\n  topic = \"o\",  /* why */\n}\n"
+    );
 }
 
 #[test]
@@ -253,7 +269,10 @@ fn expressions_get_minimal_parentheses_and_keep_written_ones() {
         "s | where ((a)) or b and not c is not null and d not between 1 and 2 | o\n"
     );
     assert_eq!(fmt("s | where a == 1 and b <> 2 and c = TRUE | o"), "s | where a = 1 and b != 2 and c = true | o\n");
-    assert_eq!(fmt("s | select a - (b - c), (a - b) - c, -x * 2, - 5 as n | o"), "s | select a - (b - c), (a - b) - c, -x * 2, -5 as n | o\n");
+    assert_eq!(
+        fmt("s | select a - (b - c), (a - b) - c, -x * 2, - 5 as n | o"),
+        "s | select a - (b - c), (a - b) - c, -x * 2, -5 as n | o\n"
+    );
 }
 
 #[test]
@@ -263,15 +282,23 @@ fn strings_and_names_are_quoted_canonically() {
         "s | where a = 'it''s' and b = 'say \"hi\"' and c = 'tab\\there\\u{1}' | o\n"
     );
     assert_eq!(fmt("import 'a\"b.phx'"), "import \"a\\\"b.phx\"\n");
-    assert_eq!(fmt("`orders` | select `a`, `my field`, `and`, `end`.`list` as `where` | `out`"), "orders | select a, `my field`, `and`, end.list as where | out\n");
-    assert_eq!(fmt("test 'it''s' { input s = {'k': 'v'}, expect o = [1,2.5,true,null] }"), "test \"it's\" {\n  input s = {\"k\": \"v\"}\n  expect o = [1, 2.5, true, null]\n}\n");
+    assert_eq!(
+        fmt("`orders` | select `a`, `my field`, `and`, `end`.`list` as `where` | `out`"),
+        "orders | select a, `my field`, `and`, end.list as where | out\n"
+    );
+    assert_eq!(
+        fmt("test 'it''s' { input s = {'k': 'v'}, expect o = [1,2.5,true,null] }"),
+        "test \"it's\" {\n  input s = {\"k\": \"v\"}\n  expect o = [1, 2.5, true, null]\n}\n"
+    );
 }
 
 #[test]
 fn blank_lines_between_items() {
     // Connector declarations and imports keep their tight groups; other items get one blank line.
     assert_eq!(
-        fmt("import \"a.phx\"\nimport \"b.phx\"\n\n\n\nsource a = k\nsink b = k\n\nsink c = k\nschema X { a: int }\nflow f = a | b\na | c"),
+        fmt(
+            "import \"a.phx\"\nimport \"b.phx\"\n\n\n\nsource a = k\nsink b = k\n\nsink c = k\nschema X { a: int }\nflow f = a | b\na | c"
+        ),
         "import \"a.phx\"\nimport \"b.phx\"\n\nsource a = k\nsink b = k\n\nsink c = k\n\nschema X {\n  a: int,\n}\n\nflow f = a | b\n\na | c\n"
     );
 }
