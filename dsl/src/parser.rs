@@ -119,6 +119,9 @@ fn syntax_error(file: FileId, text: &str, e: pest::error::Error<Rule>) -> Diagno
         InputLocation::Pos(p) => p,
         InputLocation::Span((s, _)) => s,
     };
+    if let Some(d) = unterminated(file, text) {
+        return d;
+    }
     // Skip whitespace and comments so the caret lands on the offending token.
     let pos = skip_trivia(text, pos);
     let found = found_at(text, pos);
@@ -166,6 +169,70 @@ fn syntax_error(file: FileId, text: &str, e: pest::error::Error<Rule>) -> Diagno
         ErrorVariant::CustomError { message } => (message.clone(), None),
     };
     Diagnostic::new(Code::Syntax, span, message).label("unexpected here").maybe_help(help)
+}
+
+/// An unterminated string or block comment, which pest reports far from its start.
+fn unterminated(file: FileId, text: &str) -> Option<Diagnostic> {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => match text[i + 2..].find("*/") {
+                Some(end) => i += end + 3,
+                None => {
+                    return Some(
+                        Diagnostic::new(Code::Syntax, Span::new(file, i, i + 2), "unterminated block comment")
+                            .label("comment starts here")
+                            .help("close it with `*/`"),
+                    );
+                }
+            },
+            q @ (b'"' | b'\'' | b'`') => {
+                let start = i;
+                i += 1;
+                loop {
+                    match bytes.get(i) {
+                        None | Some(b'\n') if q == b'`' => {
+                            return Some(
+                                Diagnostic::new(
+                                    Code::Syntax,
+                                    Span::new(file, start, start + 1),
+                                    "unterminated quoted name",
+                                )
+                                .label("name starts here")
+                                .help("close it with a backquote"),
+                            );
+                        }
+                        None => {
+                            let quote = q as char;
+                            return Some(
+                                Diagnostic::new(
+                                    Code::Syntax,
+                                    Span::new(file, start, start + 1),
+                                    "unterminated string literal",
+                                )
+                                .label("string starts here")
+                                .help(format!("close it with `{quote}`")),
+                            );
+                        }
+                        Some(b'\\') => i += 2,
+                        // `''` inside single quotes is an escaped quote.
+                        Some(&c) if c == q && q == b'\'' && bytes.get(i + 1) == Some(&b'\'') => i += 2,
+                        Some(&c) if c == q => break,
+                        Some(_) => i += 1,
+                    }
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 fn skip_trivia(text: &str, mut pos: usize) -> usize {
@@ -267,8 +334,11 @@ type P<'a> = Pair<'a, Rule>;
 
 impl Builder {
     fn span(&self, p: &P) -> Span {
+        // pest spans include whitespace skipped before a failed optional tail; trim it so
+        // carets end at the last token.
         let s = p.as_span();
-        Span::new(self.file, s.start(), s.end())
+        let trimmed = s.as_str().trim_end_matches(|c: char| c.is_whitespace() || c == '\u{FEFF}');
+        Span::new(self.file, s.start(), s.start() + trimmed.len())
     }
 
     fn ident(&mut self, p: P) -> Ident {
