@@ -234,15 +234,17 @@ impl<'a> Printer<'a> {
     }
 
     /// Where a construct really ends. Pest spans of rules that end in an optional or repeated
-    /// part also cover the whitespace and comments skipped while looking for it.
+    /// part also cover the comments skipped while looking for it; those belong to what follows.
     fn end_of(&self, span: Span) -> usize {
         let start = span.start as usize;
         let mut end = span.end as usize;
         loop {
             let text = self.src.get(start..end).unwrap_or_default();
-            end = start + text.trim_end_matches(|c| is_space(c) || c == '\n').len();
-            match self.comments.binary_search_by_key(&end, |c| c.end) {
-                Ok(i) if self.comments[i].start >= start && end > start => end = self.comments[i].start,
+            end = start + text.trim_end_matches(|c: char| c.is_whitespace() || c == '\u{FEFF}').len();
+            // The first comment ending at or after `end`: the span ends in it or right after it.
+            let i = self.comments.partition_point(|c| c.end < end);
+            match self.comments.get(i) {
+                Some(c) if c.start < end && c.start >= start => end = c.start,
                 _ => return end,
             }
         }

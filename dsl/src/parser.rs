@@ -313,6 +313,12 @@ fn hint(positives: &[Rule], found: &str) -> Option<String> {
     if found == "\"" && positives.iter().any(|r| matches!(r, Rule::expr | Rule::concat)) {
         return None;
     }
+    if found == "&" {
+        return Some("write `and` (and `or` for `||` between conditions)".into());
+    }
+    if found == "!" {
+        return Some("write `not`, or `!=` for inequality".into());
+    }
     if matches!(found, "and" | "or" | "not") {
         return None;
     }

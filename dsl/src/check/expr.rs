@@ -286,8 +286,8 @@ impl ExprChecker<'_> {
         let span = e.span;
         if name.name == "env" {
             self.diags.push(
-                Diagnostic::new(Code::EnvMisuse, span, "`env()` is only allowed in option values")
-                    .label("used inside an event expression")
+                Diagnostic::new(Code::EnvMisuse, span, "`env()` must be a whole option value")
+                    .label("used inside an expression")
                     .help("read settings in a connector option: `topic = env(\"TOPIC\", \"orders\")`"),
             );
             return TExpr::error(span);
@@ -462,13 +462,19 @@ impl ExprChecker<'_> {
                             format!("cannot compare {} with {}", l.ty.a(), r.ty.a()),
                         )
                         .label(format!("{} {} {}", l.ty, op.symbol(), r.ty))
-                        .maybe_help(compare_help(&l.ty, &r.ty)),
+                        .maybe_help(compare_help(&l, &r)),
                     );
                     return TExpr::error(span);
                 };
-                if matches!(common, Ty::Record(_) | Ty::List(_))
-                    || (common == Ty::Bool && !matches!(op, BinaryOp::Eq | BinaryOp::NotEq))
-                {
+                if matches!(common, Ty::Record(_) | Ty::List(_)) {
+                    self.mismatch(
+                        span,
+                        format!("cannot compare values of type {common}"),
+                        "lists and records are not comparable",
+                    );
+                    return TExpr::error(span);
+                }
+                if common == Ty::Bool && !matches!(op, BinaryOp::Eq | BinaryOp::NotEq) {
                     self.mismatch(span, format!("cannot order values of type {common}"), "only `=` and `!=` apply");
                     return TExpr::error(span);
                 }
@@ -571,11 +577,19 @@ impl ExprChecker<'_> {
     }
 }
 
-fn compare_help(a: &Ty, b: &Ty) -> Option<String> {
-    match (a, b) {
-        (Ty::String, Ty::Int | Ty::Float) | (Ty::Int | Ty::Float, Ty::String) => {
-            Some("quote numbers stored as strings ('42'), or declare the field as a number".into())
+fn compare_help(a: &TExpr, b: &TExpr) -> Option<String> {
+    for (x, y) in [(a, b), (b, a)] {
+        if let TExprKind::Literal(Value::String(s)) = &x.kind
+            && y.ty.is_numeric()
+            && s.parse::<f64>().is_ok()
+        {
+            return Some(format!("remove the quotes: `{s}`"));
         }
-        _ => None,
+        if let TExprKind::Literal(Value::Int(_) | Value::Float(_)) = &x.kind
+            && y.ty == Ty::String
+        {
+            return Some("the field is a string: quote the number ('42'), or declare the field as a number".into());
+        }
     }
+    None
 }

@@ -128,15 +128,26 @@ impl<'a> Checker<'a> {
             self.flow(&name);
         }
         for item in modules.iter().flat_map(|m| &m.items) {
-            if let Item::Pipeline(p) = item {
-                self.pipeline(p);
+            if let Item::Pipeline(p) = item
+                && let End::Stream(_) = self.pipeline(p)
+            {
+                self.push(
+                    Diagnostic::new(Code::UnusedFlow, p.span, "this pipeline ends without a sink")
+                        .label("its events go nowhere")
+                        .help("end it with a sink or `drop`, or name it with `flow name = ...` to read it elsewhere"),
+                );
             }
         }
         self.finish_sinks();
         self.cycles();
         self.unused(modules);
+        // Tests and `deploy` come from the root file; imported ones are still checked.
         let tests = modules.first().map(|m| self.tests(m)).unwrap_or_default();
         let deploy = modules.first().and_then(|m| self.deploy(m));
+        for m in modules.iter().skip(1) {
+            self.tests(m);
+            self.deploy(m);
+        }
         let mut diags = std::mem::take(&mut self.diags);
         diags.sort_by_key(|d| (d.span().file, d.span().start, d.code));
         diags.dedup();
@@ -225,7 +236,7 @@ impl<'a> Checker<'a> {
                     Diagnostic::new(Code::Cycle, name.span, format!("schema `{}` contains itself", name.name))
                         .label("recursive reference")
                         .secondary(decl_span, "declared here")
-                        .help("a record cannot contain itself; use a list or an optional field of another schema"),
+                        .help("a schema cannot refer to itself, even through a list; store references as ids instead"),
                 );
                 return None;
             }
@@ -723,7 +734,8 @@ impl<'a> Checker<'a> {
                 ),
                 SelectItem::Star(_) => {
                     star = true;
-                    fields.extend(c.ty.record.fields.iter().cloned());
+                    // Items named before `*` win over the input's field of the same name.
+                    fields.extend(c.ty.record.fields.iter().filter(|f| !seen.contains_key(&f.name)).cloned());
                 }
                 SelectItem::Expr { expr, alias, span } => {
                     let t = self.expr(expr, &c);
@@ -873,7 +885,13 @@ impl<'a> Checker<'a> {
                     v.iter().map(|e| self.sources.snippet(e.span).to_string()).collect::<Vec<_>>().join(" | ")
                 }
             };
-            if let (Some(a), false) = (always, all) {
+            let unreachable = match (always, all) {
+                (Some(_), false) => true,
+                // In a fan-out, `else` gets what matched no arm: nothing, after an arm that always matches.
+                (Some(_), true) => matches!(arm.pattern, ArmPattern::Else(_)),
+                (None, _) => false,
+            };
+            if let (Some(a), true) = (always, unreachable) {
                 self.push(
                     Diagnostic::new(Code::UnreachableArm, arm.span, "unreachable route arm")
                         .label("never receives events")
@@ -1136,7 +1154,8 @@ impl<'a> Checker<'a> {
             return;
         }
         let mut warnings = Vec::new();
-        for item in modules.iter().flat_map(|m| &m.items) {
+        // Only the root file's declarations: a shared library of sinks need not use them all.
+        for item in modules.iter().take(1).flat_map(|m| &m.items) {
             match item {
                 Item::Source(d)
                     if !self.used_sources.contains(&d.name.name) && self.is_declared(d.span, &d.name.name) =>
