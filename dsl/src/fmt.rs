@@ -878,8 +878,10 @@ fn write_expr(out: &mut String, e: &Expr, quote: char) {
         ExprKind::Literal(lit) => match lit {
             Literal::Null => out.push_str("null"),
             Literal::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-            Literal::Int(_, text) | Literal::Float(_, text) | Literal::Duration(_, text) => out.push_str(text),
-            Literal::Size(_, text) => out.push_str(text),
+            // As written: `1_000`, `2.5e3`, `250ms`, `10MiB`.
+            Literal::Int(_, text) | Literal::Float(_, text) | Literal::Duration(_, text) | Literal::Size(_, text) => {
+                out.push_str(text)
+            }
             Literal::String(s) => out.push_str(&string_lit(s, quote)),
         },
         ExprKind::Field(path) => {

@@ -23,7 +23,7 @@ pub fn parse(file: FileId, text: &str) -> Result<Module, Vec<Diagnostic>> {
         return Err(vec![d]);
     }
     let mut pairs = Grammar::parse(Rule::file, text).map_err(|e| vec![syntax_error(file, text, e)])?;
-    let mut b = Builder { file, errors: Vec::new() };
+    let mut b = Builder { file, errors: Vec::new(), comments: comment_ranges(text) };
     let mut module = Module::default();
     if let Some(file_pair) = pairs.next() {
         for item in file_pair.into_inner() {
@@ -52,7 +52,7 @@ pub fn parse_expr(file: FileId, text: &str) -> Result<Expr, Vec<Diagnostic>> {
                 .label("not part of the expression"),
         ]);
     }
-    let mut b = Builder { file, errors: Vec::new() };
+    let mut b = Builder { file, errors: Vec::new(), comments: comment_ranges(text) };
     let e = b.expr(pair);
     if b.errors.is_empty() { Ok(e) } else { Err(b.errors) }
 }
@@ -334,6 +334,40 @@ fn hint(positives: &[Rule], found: &str) -> Option<String> {
 struct Builder {
     file: FileId,
     errors: Vec<Diagnostic>,
+    /// Byte ranges of comments, sorted, to keep them out of spans.
+    comments: Vec<(usize, usize)>,
+}
+
+/// Byte ranges of `//` and `/* */` comments (outside strings and quoted names).
+fn comment_ranges(text: &str) -> Vec<(usize, usize)> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                let start = i;
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                out.push((start, i));
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                let start = i;
+                i = text[i + 2..].find("*/").map_or(bytes.len(), |e| i + 2 + e + 2);
+                out.push((start, i));
+            }
+            q @ (b'"' | b'\'' | b'`') => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != q {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    out
 }
 
 type P<'a> = Pair<'a, Rule>;
@@ -343,8 +377,17 @@ impl Builder {
         // pest spans include whitespace skipped before a failed optional tail; trim it so
         // carets end at the last token.
         let s = p.as_span();
-        let trimmed = s.as_str().trim_end_matches(|c: char| c.is_whitespace() || c == '\u{FEFF}');
-        Span::new(self.file, s.start(), s.start() + trimmed.len())
+        let mut end = s.end();
+        loop {
+            let text = &s.get_input()[s.start()..end];
+            end = s.start() + text.trim_end_matches(|c: char| c.is_whitespace() || c == '\u{FEFF}').len();
+            // A comment that ends where the span (now) ends is trivia after the last token.
+            match self.comments.binary_search_by_key(&end, |c| c.1) {
+                Ok(k) if self.comments[k].0 >= s.start() => end = self.comments[k].0,
+                _ => break,
+            }
+        }
+        Span::new(self.file, s.start(), end)
     }
 
     fn ident(&mut self, p: P) -> Ident {
@@ -735,10 +778,10 @@ impl Builder {
                     }
                     // Fold `-literal` into the literal so `-5` is a constant, as users expect.
                     e = match e.kind {
-                        ExprKind::Literal(Literal::Int(v, t)) => {
+                        ExprKind::Literal(Literal::Int(v, t)) if !t.starts_with('-') => {
                             Expr { kind: ExprKind::Literal(Literal::Int(-v, format!("-{t}"))), span: s.to(e.span) }
                         }
-                        ExprKind::Literal(Literal::Float(v, t)) => {
+                        ExprKind::Literal(Literal::Float(v, t)) if !t.starts_with('-') => {
                             Expr { kind: ExprKind::Literal(Literal::Float(-v, format!("-{t}"))), span: s.to(e.span) }
                         }
                         kind => self.guard(Expr {
