@@ -994,14 +994,7 @@ impl Builder {
     fn duration(&mut self, p: P) -> Literal {
         let span = self.span(&p);
         let text = p.as_str().to_string();
-        let mut digits = 0u64;
-        let mut unit = "";
-        for c in p.into_inner() {
-            match c.as_rule() {
-                Rule::digits => digits = c.as_str().replace('_', "").parse().unwrap_or(u64::MAX),
-                _ => unit = c.as_str(),
-            }
-        }
+        let (digits, unit) = digits_and_unit(p);
         let scale: u64 = match unit {
             "ns" => 1,
             "us" => 1_000,
@@ -1027,14 +1020,7 @@ impl Builder {
     fn size(&mut self, p: P) -> Literal {
         let span = self.span(&p);
         let text = p.as_str().to_string();
-        let mut digits = 0u64;
-        let mut unit = "";
-        for c in p.into_inner() {
-            match c.as_rule() {
-                Rule::digits => digits = c.as_str().replace('_', "").parse().unwrap_or(u64::MAX),
-                _ => unit = c.as_str(),
-            }
-        }
+        let (digits, unit) = digits_and_unit(p);
         let scale: u64 = match unit {
             "B" => 1,
             "KB" => 1_000,
@@ -1108,6 +1094,20 @@ impl Builder {
         }
         out
     }
+}
+
+/// The number and unit of a `250ms` or `10MiB` literal (`u64::MAX` when the number overflows,
+/// which the caller reports as out of range).
+fn digits_and_unit(p: P) -> (u64, &str) {
+    let mut digits = 0u64;
+    let mut unit = "";
+    for c in p.into_inner() {
+        match c.as_rule() {
+            Rule::digits => digits = c.as_str().replace('_', "").parse().unwrap_or(u64::MAX),
+            _ => unit = c.as_str(),
+        }
+    }
+    (digits, unit)
 }
 
 /// Depth of an expression tree, computed without deep recursion on operands that were themselves
