@@ -1098,7 +1098,7 @@ impl Builder {
 
 /// The number and unit of a `250ms` or `10MiB` literal (`u64::MAX` when the number overflows,
 /// which the caller reports as out of range).
-fn digits_and_unit(p: P) -> (u64, &str) {
+fn digits_and_unit<'a>(p: P<'a>) -> (u64, &'a str) {
     let mut digits = 0u64;
     let mut unit = "";
     for c in p.into_inner() {
