@@ -19,11 +19,12 @@ pub const MAX_DEPTH: usize = 256;
 pub fn parse(file: FileId, text: &str) -> Result<Module, Vec<Diagnostic>> {
     // Lets pest report the punctuation it expected (`,`, `}`), not only rule names.
     pest::set_error_detail(true);
-    if let Some(d) = check_nesting(file, text) {
+    let lexed = Lexed::scan(file, text);
+    if let Some(d) = lexed.too_deep {
         return Err(vec![d]);
     }
-    let mut pairs = Grammar::parse(Rule::file, text).map_err(|e| vec![syntax_error(file, text, e)])?;
-    let mut b = Builder { file, errors: Vec::new(), comments: comment_ranges(text) };
+    let mut pairs = Grammar::parse(Rule::file, text).map_err(|e| vec![syntax_error(file, text, &lexed, e)])?;
+    let mut b = Builder { file, errors: Vec::new(), comments: lexed.comments };
     let mut module = Module::default();
     if let Some(file_pair) = pairs.next() {
         for item in file_pair.into_inner() {
@@ -38,92 +39,121 @@ pub fn parse(file: FileId, text: &str) -> Result<Module, Vec<Diagnostic>> {
     if b.errors.is_empty() { Ok(module) } else { Err(b.errors) }
 }
 
-/// Parse a single expression (used by `--set` and tests).
-pub fn parse_expr(file: FileId, text: &str) -> Result<Expr, Vec<Diagnostic>> {
-    if let Some(d) = check_nesting(file, text) {
-        return Err(vec![d]);
-    }
-    let mut pairs = Grammar::parse(Rule::expr, text).map_err(|e| vec![syntax_error(file, text, e)])?;
-    let pair = pairs.next().expect("expr rule yields a pair");
-    if pair.as_span().end() != text.trim_end().len() {
-        let at = pair.as_span().end();
-        return Err(vec![
-            Diagnostic::new(Code::Syntax, Span::new(file, at, text.len()), "unexpected text after the expression")
-                .label("not part of the expression"),
-        ]);
-    }
-    let mut b = Builder { file, errors: Vec::new(), comments: comment_ranges(text) };
-    let e = b.expr(pair);
-    if b.errors.is_empty() { Ok(e) } else { Err(b.errors) }
+/// What one pass over the raw text finds before pest runs: comments (kept out of spans),
+/// the first unterminated string or comment (pest reports those far from their start), and
+/// nesting deeper than [`MAX_DEPTH`] (rejected before pest recurses into it).
+struct Lexed {
+    /// Byte ranges of `//` and `/* */` comments, sorted.
+    comments: Vec<(usize, usize)>,
+    unterminated: Option<Diagnostic>,
+    too_deep: Option<Diagnostic>,
 }
 
-/// Rejects input nested deeper than [`MAX_DEPTH`] before pest recurses into it.
-fn check_nesting(file: FileId, text: &str) -> Option<Diagnostic> {
-    let bytes = text.as_bytes();
-    let mut depth = 0usize;
-    let mut depth_angle = 0usize;
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'/' if bytes.get(i + 1) == Some(&b'/') => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
+impl Lexed {
+    fn scan(file: FileId, text: &str) -> Lexed {
+        let bytes = text.as_bytes();
+        let mut lexed = Lexed { comments: Vec::new(), unterminated: None, too_deep: None };
+        // `opener` is the byte length of what opened it (`/*` or a quote), for the caret.
+        let unterminated = |start: usize, opener: usize, what: &str, noun: &str, close: &str| {
+            Some(
+                Diagnostic::new(Code::Syntax, Span::new(file, start, start + opener), format!("unterminated {what}"))
+                    .label(format!("{noun} starts here"))
+                    .help(format!("close it with {close}")),
+            )
+        };
+        let (mut depth, mut angles) = (0usize, 0usize);
+        let mut i = 0;
+        while i < bytes.len() && lexed.unterminated.is_none() && lexed.too_deep.is_none() {
+            let start = i;
+            match bytes[i] {
+                b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                    i = text[i..].find('\n').map_or(bytes.len(), |e| i + e);
+                    lexed.comments.push((start, i));
+                    continue;
                 }
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                i += 2;
-                while i < bytes.len() && !(bytes[i] == b'*' && bytes.get(i + 1) == Some(&b'/')) {
-                    i += 1;
-                }
-                i += 1;
-            }
-            q @ (b'"' | b'\'' | b'`') => {
-                i += 1;
-                while i < bytes.len() && bytes[i] != q {
-                    if bytes[i] == b'\\' {
-                        i += 1;
+                b'/' if bytes.get(i + 1) == Some(&b'*') => match text[i + 2..].find("*/") {
+                    Some(e) => {
+                        i += e + 4;
+                        lexed.comments.push((start, i));
+                        continue;
                     }
+                    None => lexed.unterminated = unterminated(start, 2, "block comment", "comment", "`*/`"),
+                },
+                q @ (b'"' | b'\'' | b'`') => {
                     i += 1;
+                    loop {
+                        match bytes.get(i) {
+                            // A quoted name ends on its line; strings may span lines.
+                            None | Some(b'\n') if q == b'`' => {
+                                lexed.unterminated = unterminated(start, 1, "quoted name", "name", "a backquote");
+                                break;
+                            }
+                            None => {
+                                lexed.unterminated =
+                                    unterminated(start, 1, "string literal", "string", &format!("`{}`", q as char));
+                                break;
+                            }
+                            Some(b'\\') if q != b'`' => i += 2,
+                            // `''` inside single quotes is an escaped quote.
+                            Some(b'\'') if q == b'\'' && bytes.get(i + 1) == Some(&b'\'') => i += 2,
+                            Some(&c) if c == q => break,
+                            Some(_) => i += 1,
+                        }
+                    }
                 }
-            }
-            // `<` only nests after `list` (`list<list<int>>`); elsewhere it is a comparison.
-            b'<' if !text[..i].trim_end().ends_with("list") => {}
-            b'>' if depth_angle == 0 => {}
-            b'(' | b'[' | b'{' | b'<' => {
-                if bytes[i] == b'<' {
-                    depth_angle += 1;
+                // `<` nests only in `list<...>`; elsewhere `<` and `>` compare.
+                b'<' if is_list_keyword_before(&text[..i]) => {
+                    angles += 1;
+                    depth += 1;
                 }
-                depth += 1;
-                if depth > MAX_DEPTH {
-                    return Some(
-                        Diagnostic::new(Code::TooDeep, Span::new(file, i, i + 1), "brackets are nested too deeply")
-                            .label(format!("more than {MAX_DEPTH} levels deep"))
-                            .help("split the expression into smaller steps"),
-                    );
+                b'>' if angles > 0 => {
+                    angles -= 1;
+                    depth = depth.saturating_sub(1);
                 }
+                b'(' | b'[' | b'{' => depth += 1,
+                b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
             }
-            b'>' => {
-                depth_angle -= 1;
-                depth = depth.saturating_sub(1);
+            if depth > MAX_DEPTH {
+                lexed.too_deep = Some(
+                    Diagnostic::new(Code::TooDeep, Span::new(file, i, i + 1), "brackets are nested too deeply")
+                        .label(format!("more than {MAX_DEPTH} levels deep"))
+                        .help("split the expression into smaller steps"),
+                );
             }
-            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
+            i += 1;
         }
-        i += 1;
+        lexed
     }
-    None
+
+    /// `pos` moved past whitespace and comments, so a caret lands on a token.
+    fn skip_trivia(&self, text: &str, mut pos: usize) -> usize {
+        loop {
+            let rest = text.get(pos..).unwrap_or("");
+            pos += rest.len() - rest.trim_start().len();
+            match self.comments.binary_search_by_key(&pos, |c| c.0) {
+                Ok(k) => pos = self.comments[k].1,
+                Err(_) => return pos,
+            }
+        }
+    }
 }
 
-fn syntax_error(file: FileId, text: &str, e: pest::error::Error<Rule>) -> Diagnostic {
+/// Does `before` end with the word `list` (so a following `<` opens a list type)?
+fn is_list_keyword_before(before: &str) -> bool {
+    let before = before.trim_end();
+    before.strip_suffix("list").is_some_and(|rest| !rest.ends_with(|c: char| c.is_alphanumeric() || c == '_'))
+}
+
+fn syntax_error(file: FileId, text: &str, lexed: &Lexed, e: pest::error::Error<Rule>) -> Diagnostic {
+    if let Some(d) = &lexed.unterminated {
+        return d.clone();
+    }
     let pos = match e.location {
         InputLocation::Pos(p) => p,
         InputLocation::Span((s, _)) => s,
     };
-    if let Some(d) = unterminated(file, text) {
-        return d;
-    }
-    // Skip whitespace and comments so the caret lands on the offending token.
-    let pos = skip_trivia(text, pos);
+    let pos = lexed.skip_trivia(text, pos);
     let found = found_at(text, pos);
     let end = (pos + found.len().max(1)).min(text.len()).max(pos);
     let span = Span::new(file, pos, end.max(pos));
@@ -169,85 +199,6 @@ fn syntax_error(file: FileId, text: &str, e: pest::error::Error<Rule>) -> Diagno
         ErrorVariant::CustomError { message } => (message.clone(), None),
     };
     Diagnostic::new(Code::Syntax, span, message).label("unexpected here").maybe_help(help)
-}
-
-/// An unterminated string or block comment, which pest reports far from its start.
-fn unterminated(file: FileId, text: &str) -> Option<Diagnostic> {
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'/' if bytes.get(i + 1) == Some(&b'/') => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'*') => match text[i + 2..].find("*/") {
-                Some(end) => i += end + 3,
-                None => {
-                    return Some(
-                        Diagnostic::new(Code::Syntax, Span::new(file, i, i + 2), "unterminated block comment")
-                            .label("comment starts here")
-                            .help("close it with `*/`"),
-                    );
-                }
-            },
-            q @ (b'"' | b'\'' | b'`') => {
-                let start = i;
-                i += 1;
-                loop {
-                    match bytes.get(i) {
-                        None | Some(b'\n') if q == b'`' => {
-                            return Some(
-                                Diagnostic::new(
-                                    Code::Syntax,
-                                    Span::new(file, start, start + 1),
-                                    "unterminated quoted name",
-                                )
-                                .label("name starts here")
-                                .help("close it with a backquote"),
-                            );
-                        }
-                        None => {
-                            let quote = q as char;
-                            return Some(
-                                Diagnostic::new(
-                                    Code::Syntax,
-                                    Span::new(file, start, start + 1),
-                                    "unterminated string literal",
-                                )
-                                .label("string starts here")
-                                .help(format!("close it with `{quote}`")),
-                            );
-                        }
-                        Some(b'\\') => i += 2,
-                        // `''` inside single quotes is an escaped quote.
-                        Some(&c) if c == q && q == b'\'' && bytes.get(i + 1) == Some(&b'\'') => i += 2,
-                        Some(&c) if c == q => break,
-                        Some(_) => i += 1,
-                    }
-                }
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    None
-}
-
-fn skip_trivia(text: &str, mut pos: usize) -> usize {
-    loop {
-        let rest = text.get(pos..).unwrap_or("");
-        let trimmed = rest.trim_start();
-        pos += rest.len() - trimmed.len();
-        if trimmed.starts_with("//") {
-            pos += trimmed.find('\n').unwrap_or(trimmed.len());
-        } else if trimmed.starts_with("/*") {
-            pos += trimmed.find("*/").map_or(trimmed.len(), |i| i + 2);
-        } else {
-            return pos;
-        }
-    }
 }
 
 /// The token at `pos`, for "found `x`" (a word, or one character).
@@ -336,38 +287,6 @@ struct Builder {
     errors: Vec<Diagnostic>,
     /// Byte ranges of comments, sorted, to keep them out of spans.
     comments: Vec<(usize, usize)>,
-}
-
-/// Byte ranges of `//` and `/* */` comments (outside strings and quoted names).
-fn comment_ranges(text: &str) -> Vec<(usize, usize)> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'/' if bytes.get(i + 1) == Some(&b'/') => {
-                let start = i;
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-                out.push((start, i));
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                let start = i;
-                i = text[i + 2..].find("*/").map_or(bytes.len(), |e| i + 2 + e + 2);
-                out.push((start, i));
-            }
-            q @ (b'"' | b'\'' | b'`') => {
-                i += 1;
-                while i < bytes.len() && bytes[i] != q {
-                    i += if bytes[i] == b'\\' { 2 } else { 1 };
-                }
-                i += 1;
-            }
-            _ => i += 1,
-        }
-    }
-    out
 }
 
 type P<'a> = Pair<'a, Rule>;

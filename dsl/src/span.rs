@@ -3,7 +3,6 @@
 //! Every AST node, typed expression and DAG node keeps a [`Span`], so a diagnostic — or an error
 //! at run time — can point back at the `.phx` line that caused it.
 
-use std::fmt;
 use std::ops::Range;
 
 /// Index of a file in a [`SourceMap`].
@@ -47,17 +46,6 @@ impl SourceFile {
         let line_starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
         SourceFile { name: name.into(), text, line_starts }
     }
-
-    /// 1-based line and column (in characters) of a byte offset.
-    pub fn line_col(&self, offset: usize) -> (usize, usize) {
-        let line = match self.line_starts.binary_search(&offset) {
-            Ok(l) => l,
-            Err(l) => l - 1,
-        };
-        let start = self.line_starts[line];
-        let col = self.text.get(start..offset.min(self.text.len())).map_or(1, |s| s.chars().count() + 1);
-        (line + 1, col)
-    }
 }
 
 /// All files of one compilation: the root flow and everything it imports.
@@ -87,27 +75,6 @@ impl SourceMap {
     /// The text a span covers.
     pub fn snippet(&self, span: Span) -> &str {
         self.get(span.file).text.get(span.range()).unwrap_or("")
-    }
-
-    /// `file:line:col` of a span's start, for messages outside a rendered diagnostic.
-    pub fn location(&self, span: Span) -> Location<'_> {
-        let file = self.get(span.file);
-        let (line, col) = file.line_col(span.start as usize);
-        Location { file: &file.name, line, col }
-    }
-}
-
-/// A printable `file:line:col`.
-#[derive(Debug, Clone, Copy)]
-pub struct Location<'a> {
-    pub file: &'a str,
-    pub line: usize,
-    pub col: usize,
-}
-
-impl fmt::Display for Location<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", self.file, self.line, self.col)
     }
 }
 

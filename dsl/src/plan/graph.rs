@@ -6,8 +6,7 @@
 use crate::ast::Json;
 use crate::span::Span;
 use crate::types::StreamType;
-use petgraph::graph::{DiGraph, EdgeIndex, NodeIndex};
-use petgraph::visit::EdgeRef;
+use petgraph::graph::DiGraph;
 use std::fmt;
 
 #[derive(Debug, Clone)]
@@ -190,20 +189,6 @@ impl<E> Node<E> {
 }
 
 impl<E> FlowGraph<E> {
-    pub fn node_by_name(&self, wanted: &str) -> Option<NodeIndex> {
-        self.graph.node_indices().find(|i| match &self.graph[*i].kind {
-            NodeKind::Source { name, .. } | NodeKind::Sink { name, .. } => name == wanted,
-            _ => false,
-        })
-    }
-
-    /// Edges leaving `node`, in the order they were added.
-    pub fn outputs(&self, node: NodeIndex) -> Vec<(EdgeIndex, NodeIndex, Port)> {
-        let mut v: Vec<_> = self.graph.edges(node).map(|e| (e.id(), e.target(), e.weight().port)).collect();
-        v.sort_by_key(|(e, _, _)| *e);
-        v
-    }
-
     /// Map every expression, keeping the shape (used to lower typed expressions).
     pub fn try_map_exprs<F, T, Err>(self, mut f: F) -> Result<FlowGraph<T>, Err>
     where

@@ -6,7 +6,7 @@ use crate::catalog::Catalog;
 use crate::check::typed::{TExpr, TExprKind, Value};
 use crate::plan::graph::FlowGraph;
 use crate::types::Ty;
-use arrow_schema::{DataType, Field, TimeUnit};
+use arrow_schema::Field;
 use datafusion_common::{Column, ScalarValue};
 use datafusion_expr::expr::{Between, BinaryExpr, Case, Cast, InList, Like, ScalarFunction};
 use datafusion_expr::{Expr, Operator, ReturnFieldArgs};
@@ -107,9 +107,4 @@ fn scalar(v: &Value, ty: &Ty) -> ScalarValue {
         Value::Timestamp(n) => ScalarValue::TimestampNanosecond(Some(*n), Some("UTC".into())),
         Value::Duration(n) => ScalarValue::DurationNanosecond(Some(*n)),
     }
-}
-
-/// The Arrow type of the `timestamp` type (kept here for engine code that builds batches).
-pub fn timestamp_type() -> DataType {
-    DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))
 }
