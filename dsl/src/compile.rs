@@ -7,7 +7,7 @@ use crate::check::typed::TExpr;
 use crate::diagnostic::{Code, Diagnostic};
 use crate::plan::{FlowGraph, Plan};
 use crate::span::{SourceMap, Span};
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 
 /// Where flow text comes from. The `dsl` crate does no I/O: the engine passes a file-system
 /// loader, tests pass an in-memory one.
@@ -52,10 +52,9 @@ pub fn compile(root: &str, loader: &dyn Loader, catalog: &dyn Catalog) -> Compil
     let mut modules = Vec::new();
     let mut seen = HashSet::new();
     // Breadth-first over imports; each file once, so import cycles are harmless.
-    let mut queue: Vec<(String, Option<(String, Span)>)> = vec![(root.to_string(), None)];
+    let mut queue: VecDeque<(String, Option<(String, Span)>)> = VecDeque::from([(root.to_string(), None)]);
     let mut parse_failed = false;
-    while !queue.is_empty() {
-        let (path, from) = queue.remove(0);
+    while let Some((path, from)) = queue.pop_front() {
         let loaded = loader.load(&path, from.as_ref().map(|(f, _)| f.as_str()));
         let (name, bytes) = match loaded {
             Ok(x) => x,
@@ -105,7 +104,7 @@ pub fn compile(root: &str, loader: &dyn Loader, catalog: &dyn Catalog) -> Compil
             Ok(m) => {
                 for item in &m.items {
                     if let Item::Import(i) = item {
-                        queue.push((i.path.clone(), Some((name.clone(), i.path_span))));
+                        queue.push_back((i.path.clone(), Some((name.clone(), i.path_span))));
                     }
                 }
                 modules.push(m);

@@ -240,7 +240,7 @@ pub fn render(sources: &SourceMap, diagnostics: &[Diagnostic], color: bool) -> S
     String::from_utf8_lossy(out.as_slice()).into_owned()
 }
 
-/// A one-line summary like rustc's: `error: could not check `flow.phx` due to 2 errors; 1 warning`.
+/// How many errors and warnings there are, for the CLI's closing summary line.
 pub fn summary(diagnostics: &[Diagnostic]) -> (usize, usize) {
     let errors = diagnostics.iter().filter(|d| d.is_error()).count();
     (errors, diagnostics.len() - errors)

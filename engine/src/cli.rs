@@ -3,7 +3,7 @@
 use crate::{EngineCatalog, FsLoader};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use phoenix_dsl::catalog::{Catalog, OptionType, Role};
+use phoenix_dsl::catalog::{Catalog, Role};
 use phoenix_dsl::diagnostic::{Code, summary};
 use phoenix_dsl::plan::render;
 use std::io::{IsTerminal, Write};
@@ -155,7 +155,7 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
                 for o in &c.options {
                     let req = if o.required { " (required)" } else { "" };
                     let def = o.default.map(|d| format!(" [default: {d}]")).unwrap_or_default();
-                    writeln!(out, "    {} : {}{req}{def}\n        {}", o.name, describe_type(&o.ty), o.doc)?;
+                    writeln!(out, "    {} : {}{req}{def}\n        {}", o.name, o.ty, o.doc)?;
                 }
                 if c.role == Role::Source && !c.metadata.is_empty() {
                     let meta: Vec<String> = c.metadata.iter().map(|m| format!("@{}: {}", m.name, m.ty)).collect();
@@ -165,10 +165,6 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-fn describe_type(t: &OptionType) -> String {
-    t.to_string()
 }
 
 fn counts(errors: usize, warnings: usize) -> String {
@@ -186,10 +182,9 @@ fn fmt(flows: &[String], check: bool, color: bool) -> anyhow::Result<ExitCode> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
         match phoenix_dsl::fmt::format(&text) {
             Ok(formatted) if formatted == text => {}
-            Ok(formatted) if check => {
+            Ok(_) if check => {
                 failed = true;
                 eprintln!("{path}: not formatted (run `phoenix fmt {path}`)");
-                let _ = formatted;
             }
             Ok(formatted) => std::fs::write(path, formatted).with_context(|| format!("writing {path}"))?,
             Err(diags) => {

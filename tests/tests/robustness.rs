@@ -2,7 +2,6 @@
 //! invalid UTF-8, and pathological nesting. (A coverage-guided target lives in `fuzz/`.)
 
 use phoenix_tests::{phx_files, root};
-use std::time::Instant;
 
 fn compile_bytes(bytes: Vec<u8>) {
     let loader = phoenix_dsl::MemoryLoader::new([("input.phx".to_string(), bytes.clone())]);
@@ -64,7 +63,6 @@ fn mutated_inputs_never_panic() {
         b"`",
     ];
     let mut rng = Rng(0x5eed_1234_abcd_0001);
-    let start = Instant::now();
     for i in 0..3000 {
         let base = &corpus[i % corpus.len()];
         let mut m = base.clone();
@@ -88,8 +86,6 @@ fn mutated_inputs_never_panic() {
         }
         compile_bytes(m);
     }
-    // Not a timing assertion on speed, a guard against hangs: 3000 small inputs in minutes.
-    assert!(start.elapsed().as_secs() < 600, "front end is pathologically slow");
 }
 
 #[test]

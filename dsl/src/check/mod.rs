@@ -872,6 +872,8 @@ impl<'a> Checker<'a> {
             return;
         };
         let mut arms: Vec<RouteArm<TExpr>> = Vec::new();
+        // The output port of each written arm; `None` for arms dropped because of an error.
+        let mut ports: Vec<Option<usize>> = Vec::with_capacity(route.arms.len());
         let mut seen_values: Vec<(TExpr, Span)> = Vec::new();
         let mut seen_preds: Vec<&Expr> = Vec::new();
         let mut always: Option<Span> = None;
@@ -930,7 +932,10 @@ impl<'a> Checker<'a> {
                     Some(t.coerce(&Ty::Bool))
                 }
                 ArmPattern::Values(values) => {
-                    let Some(k) = key.clone() else { continue };
+                    let Some(k) = key.clone() else {
+                        ports.push(None);
+                        continue;
+                    };
                     let mut items = Vec::new();
                     for v in values {
                         let tv = self.expr(v, &c);
@@ -982,6 +987,7 @@ impl<'a> Checker<'a> {
                         items.push(tv);
                     }
                     if items.is_empty() {
+                        ports.push(None);
                         continue;
                     }
                     let common = items.iter().fold(k.ty.clone(), |acc, i| acc.unify(&i.ty).unwrap_or(acc));
@@ -995,6 +1001,7 @@ impl<'a> Checker<'a> {
                     })
                 }
             };
+            ports.push(Some(arms.len()));
             arms.push(RouteArm { condition, label, span: arm.span });
         }
         let exhaustive = has_else
@@ -1009,17 +1016,10 @@ impl<'a> Checker<'a> {
             );
         }
         let node = self.add(NodeKind::Route { all, arms: arms.clone() }, span, c.ty.clone(), &c);
-        // Plan each arm's target from its own port. Arms skipped above (errors) have no port.
-        let mut port = 0;
-        for arm in &route.arms {
-            let planned = arms.get(port).is_some_and(|a| a.span == arm.span);
-            let from = if planned {
-                let cur = Cursor { node, port: Port::Arm(port), ty: c.ty.clone(), describe: c.describe.clone() };
-                port += 1;
-                Some(cur)
-            } else {
-                None
-            };
+        // Plan each arm's target from its own port (arms dropped above are checked without one).
+        for (arm, port) in route.arms.iter().zip(ports) {
+            let from =
+                port.map(|p| Cursor { node, port: Port::Arm(p), ty: c.ty.clone(), describe: c.describe.clone() });
             if let End::Stream(_) = self.stages(&arm.target, from) {
                 let last = arm.target.last().map_or(arm.span, |s| s.span);
                 self.push(
