@@ -143,6 +143,15 @@ pub trait Function: Send + Sync + fmt::Debug {
     fn examples(&self) -> &'static [Example];
     /// The DataFusion implementation.
     fn udf(&self) -> Arc<ScalarUDF>;
+    /// Metadata of the event passed as a hidden first argument: `payload_size()` reads `@size`,
+    /// so the UDF sees that column without the user writing it.
+    fn implicit_metadata(&self) -> Option<&'static str> {
+        None
+    }
+    /// The result may be NULL even when no argument is (`json_get` of a missing key).
+    fn may_return_null(&self) -> bool {
+        false
+    }
 }
 
 /// `expr` evaluates to `result` (a JSON value) when run on the event `input`.

@@ -72,6 +72,15 @@ impl SourceMap {
         self.files.iter().enumerate().map(|(i, f)| (FileId(i as u32), f))
     }
 
+    /// `file:line:column` (1-based) of a span's start, for runtime messages.
+    pub fn location(&self, span: Span) -> String {
+        let f = self.get(span.file);
+        let start = span.start as usize;
+        let line = f.line_starts.partition_point(|&s| s <= start).max(1);
+        let col = f.text.get(f.line_starts[line - 1]..start).map_or(1, |t| t.chars().count() + 1);
+        format!("{}:{line}:{col}", f.name)
+    }
+
     /// The text a span covers.
     pub fn snippet(&self, span: Span) -> &str {
         self.get(span.file).text.get(span.range()).unwrap_or("")

@@ -187,3 +187,8 @@ pub fn dead_letter_record() -> Arc<Record> {
         ],
     })
 }
+
+/// The type of a `.errors` stream: dead letters, no undeclared fields, no metadata.
+pub fn dead_letter_stream() -> StreamType {
+    StreamType { record: dead_letter_record(), open: false, metadata: Arc::new(Record::default()) }
+}

@@ -1,13 +1,24 @@
 //! The `phoenix` command line.
 
+use crate::logging::{self, LogFormat};
+use crate::metrics::Metrics;
+use crate::options::Settings;
+use crate::progress;
+use crate::run::{self as engine_run, RunConfig, SINK_QUEUE, default_workers};
+use crate::server::{self, Health};
+use crate::taskgraph::{TaskGraph, node_labels};
+use crate::testing;
 use crate::{EngineCatalog, FsLoader};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use phoenix_dsl::catalog::{Catalog, Role};
 use phoenix_dsl::diagnostic::{Code, summary};
-use phoenix_dsl::plan::render;
+use phoenix_dsl::plan::{Plan, render};
+use phoenix_dsl::span::SourceMap;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,6 +67,42 @@ enum Command {
         /// Do not write; exit 1 if a file is not formatted.
         #[arg(long)]
         check: bool,
+    },
+    /// Run a flow until its inputs end or it is stopped (Ctrl-C / SIGTERM: drain, flush, exit 0).
+    Run {
+        flow: String,
+        /// `node.option=value` overrides a connector option; `NAME=value` answers `env("NAME")`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Decode-and-process tasks per source (default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Where to serve /health and /metrics (`off` to disable).
+        #[arg(long, default_value = "127.0.0.1:9898", env = "PHOENIX_METRICS_ADDRESS")]
+        metrics_address: String,
+        /// No live progress display, even on a terminal.
+        #[arg(long)]
+        no_progress: bool,
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+        /// More logging (-v debug, -vv trace); `RUST_LOG` overrides.
+        #[arg(short, long, action = clap::ArgAction::Count)]
+        verbose: u8,
+    },
+    /// Run the `test` blocks of flow files and report like `cargo test`.
+    Test {
+        #[arg(required = true)]
+        flows: Vec<String>,
+        /// Only tests whose name contains this.
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    /// Print the task graph a flow compiles to: tasks, fused stages, queues, parallelism.
+    Explain {
+        flow: String,
+        /// Workers per source to show (default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
     },
     /// List the built-in functions with signatures and examples.
     Functions,
@@ -138,6 +185,38 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
             Ok(if c.has_errors() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
         Command::Fmt { flows, check } => fmt(&flows, check, color),
+        Command::Run { flow, set, workers, metrics_address, no_progress, log_format, verbose } => {
+            logging::init(log_format, verbose);
+            let Some((plan, sources)) = compile_for_run(&flow, &catalog, color) else {
+                return Ok(ExitCode::FAILURE);
+            };
+            let settings = Settings::parse(&set).map_err(anyhow::Error::msg)?;
+            let mut config = RunConfig::new(workers.unwrap_or_else(default_workers));
+            config.settings = settings;
+            let progress = !no_progress && std::io::stderr().is_terminal();
+            runtime()?.block_on(run_flow(plan, sources, catalog, config, &metrics_address, progress))
+        }
+        Command::Test { flows, filter } => {
+            let rt = runtime()?;
+            let mut failed = false;
+            for flow in &flows {
+                let Some((plan, sources)) = compile_for_run(flow, &catalog, color) else {
+                    failed = true;
+                    continue;
+                };
+                failed |= !rt.block_on(run_tests(flow, &plan, &sources, &catalog, filter.as_deref()));
+            }
+            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Command::Explain { flow, workers } => {
+            let Some((plan, sources)) = compile_for_run(&flow, &catalog, color) else {
+                return Ok(ExitCode::FAILURE);
+            };
+            let metrics = Metrics::new(node_labels(&plan, &sources));
+            let graph = TaskGraph::build(&plan, &sources, &metrics)?;
+            print!("{}", graph.explain(workers.unwrap_or_else(default_workers), SINK_QUEUE));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Functions => {
             let mut out = std::io::stdout().lock();
             for f in catalog.stdlib().iter() {
@@ -165,6 +244,138 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Compile and plan a flow, printing diagnostics; `None` if it has errors.
+fn compile_for_run(flow: &str, catalog: &EngineCatalog, color: bool) -> Option<(Plan, SourceMap)> {
+    let c = phoenix_dsl::compile(flow, &FsLoader, catalog);
+    eprint!("{}", c.render(color));
+    if c.has_errors() {
+        let (errors, warnings) = summary(&c.diagnostics);
+        eprintln!("error: could not compile `{flow}`: {}", counts(errors, warnings));
+        return None;
+    }
+    let plan = c.plan(catalog)?;
+    Some((plan, c.sources))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+async fn run_flow(
+    plan: Plan,
+    sources: SourceMap,
+    catalog: EngineCatalog,
+    config: RunConfig,
+    metrics_address: &str,
+    progress: bool,
+) -> anyhow::Result<ExitCode> {
+    let metrics = Arc::new(Metrics::new(node_labels(&plan, &sources)));
+    let graph = TaskGraph::build(&plan, &sources, &metrics)?;
+    let shutdown = config.shutdown.clone();
+    let health = Health::new();
+    // Serve /health and /metrics until the flow has drained (they say "stopping" meanwhile).
+    let served = CancellationToken::new();
+    if metrics_address != "off" {
+        let listener = server::bind(metrics_address).await?;
+        tracing::info!(address = %listener.local_addr()?, "serving /health and /metrics");
+        let (m, h, stop) = (metrics.clone(), health.clone(), served.clone());
+        tokio::spawn(async move {
+            if let Err(e) = server::serve(listener, m, h, async move { stop.cancelled().await }).await {
+                tracing::error!("metrics server: {e}");
+            }
+        });
+    }
+    let signals = {
+        let (shutdown, health) = (shutdown.clone(), health.clone());
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("stopping: draining in-flight events (press Ctrl-C again to exit at once)");
+            health.set_draining();
+            shutdown.cancel();
+            wait_for_signal().await;
+            tracing::warn!("second signal: exiting without draining");
+            std::process::exit(130);
+        })
+    };
+    let display = progress.then(|| progress::spawn(metrics.clone(), served.clone()));
+    let result = engine_run::run(graph, &catalog, metrics.clone(), config).await;
+    served.cancel();
+    signals.abort();
+    if let Some(d) = display {
+        let _ = d.await;
+    } else {
+        eprint!("{}", progress::summary(&metrics));
+    }
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Run a flow's `test` blocks; prints a `cargo test`-style report; `true` if all passed.
+async fn run_tests(
+    flow: &str,
+    plan: &Plan,
+    sources: &SourceMap,
+    catalog: &EngineCatalog,
+    filter: Option<&str>,
+) -> bool {
+    let cases: Vec<_> = plan.tests.iter().filter(|t| filter.is_none_or(|f| t.name.contains(f))).collect();
+    println!("\nrunning {} test{} from {flow}", cases.len(), if cases.len() == 1 { "" } else { "s" });
+    let started = std::time::Instant::now();
+    let mut failures = Vec::new();
+    for case in &cases {
+        let outcome = match testing::run_captured(plan, sources, catalog, &testing::test_inputs(case)).await {
+            Ok((captured, _)) => testing::check_expectations(case, &captured),
+            Err(e) => Err(format!("the flow failed: {e}")),
+        };
+        match outcome {
+            Ok(()) => println!("test {} ... ok", case.name),
+            Err(why) => {
+                println!("test {} ... FAILED", case.name);
+                failures.push((case.name.clone(), sources.location(case.span), why));
+            }
+        }
+    }
+    if !failures.is_empty() {
+        println!("\nfailures:\n");
+        for (name, at, why) in &failures {
+            println!("---- {name} ({at}) ----\n{why}\n");
+        }
+    }
+    let passed = cases.len() - failures.len();
+    println!(
+        "\ntest result: {}. {passed} passed; {} failed; finished in {:.2}s",
+        if failures.is_empty() { "ok" } else { "FAILED" },
+        failures.len(),
+        started.elapsed().as_secs_f64()
+    );
+    failures.is_empty()
 }
 
 fn counts(errors: usize, warnings: usize) -> String {

@@ -4,6 +4,15 @@ pub mod catalog;
 pub mod cli;
 pub mod connectors;
 pub mod loader;
+pub mod logging;
+pub mod progress;
+pub mod server;
 
 pub use catalog::EngineCatalog;
 pub use loader::FsLoader;
+pub mod exec;
+pub mod metrics;
+pub mod options;
+pub mod run;
+pub mod taskgraph;
+pub mod testing;

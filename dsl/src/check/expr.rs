@@ -399,19 +399,42 @@ impl ExprChecker<'_> {
                 }
             }
         };
-        let nullable = match fname {
-            // NULL only when every argument may be NULL.
-            "coalesce" => targs.iter().all(|a| a.nullable),
-            _ => targs.iter().any(|a| a.nullable),
+        let nullable = f.may_return_null()
+            || match fname {
+                // NULL only when every argument may be NULL.
+                "coalesce" => targs.iter().all(|a| a.nullable),
+                _ => targs.iter().any(|a| a.nullable),
+            };
+        let implicit = match f.implicit_metadata() {
+            None => None,
+            Some(m) => match scope.stream.metadata.field(m) {
+                Some(field) => Some(TExpr {
+                    kind: TExprKind::Meta(field.name.clone()),
+                    ty: field.ty.clone(),
+                    nullable: field.optional,
+                    span,
+                }),
+                None => {
+                    self.diags.push(
+                        Diagnostic::new(
+                            Code::UnknownMetadata,
+                            span,
+                            format!("`{fname}()` reads `@{m}`, which {} does not have", scope.describe),
+                        )
+                        .label(format!("needs `@{m}`"))
+                        .help("call it on events straight from a source, before `.errors` or a sink"),
+                    );
+                    return TExpr::error(span);
+                }
+            },
         };
-        let args = targs
+        let args = implicit
             .into_iter()
-            .enumerate()
-            .map(|(i, a)| match &param_of(i).ty {
+            .chain(targs.into_iter().enumerate().map(|(i, a)| match &param_of(i).ty {
                 ParamType::Exact(t) => a.coerce(t),
                 ParamType::Same | ParamType::Numeric => a.coerce(&unified),
                 ParamType::Scalar => a,
-            })
+            }))
             .collect();
         TExpr { kind: TExprKind::Call(fname, args), ty: ret, nullable, span }
     }

@@ -14,7 +14,7 @@ use crate::catalog::{Catalog, OptionType, Role};
 use crate::diagnostic::{Code, Diagnostic, did_you_mean};
 use crate::plan::graph::{Edge, FlowGraph, Node, NodeKind, OptionValue, Port, RouteArm, TestCase};
 use crate::span::{SourceMap, Span};
-use crate::types::{Record, RecordField, StreamType, Ty, dead_letter_record};
+use crate::types::{Record, RecordField, StreamType, Ty};
 use expr::{ExprChecker, Scope};
 use petgraph::graph::{DiGraph, NodeIndex};
 use std::collections::{HashMap, HashSet};
@@ -1331,7 +1331,7 @@ enum FlowOut {
 }
 
 fn dead_letters() -> StreamType {
-    StreamType { record: dead_letter_record(), open: false, metadata: Arc::new(Record::default()) }
+    crate::types::dead_letter_stream()
 }
 
 /// A test's JSON as a list of events; `Err` points at the offending value.

@@ -169,7 +169,7 @@ pub struct TestCase {
     pub span: Span,
     /// Source name and its events in order; a `Json::String` is a raw input line.
     pub inputs: Vec<(String, Vec<Json>)>,
-    /// Sink name and the events it must receive, each matched as a subset, in order.
+    /// Sink name and the events it must receive, each matched as a subset (in any order).
     pub expects: Vec<(String, Vec<Json>)>,
 }
 

@@ -7,13 +7,19 @@ mod coalesce;
 mod concat;
 mod ends_with;
 mod floor;
+mod format_timestamp;
+mod hash;
+mod json_get;
 mod length;
 mod lower;
+mod now;
+mod payload_size;
 mod regexp_match;
 mod replace;
 mod round;
 mod starts_with;
 mod substr;
+mod to_timestamp;
 mod trim;
 mod upper;
 
@@ -37,5 +43,11 @@ pub fn all() -> Vec<Box<dyn Function>> {
         Box::new(round::Round),
         Box::new(floor::Floor),
         Box::new(ceil::Ceil),
+        Box::new(hash::Hash),
+        Box::new(json_get::JsonGet),
+        Box::new(now::Now),
+        Box::new(to_timestamp::ToTimestamp),
+        Box::new(format_timestamp::FormatTimestamp),
+        Box::new(payload_size::PayloadSize),
     ]
 }

@@ -1,5 +1,11 @@
 //! `file`: read NDJSON or JSON-array files (one file, a glob, or a directory); write NDJSON.
 
+mod sink;
+mod source;
+
+pub use sink::FileSink;
+pub use source::FileSource;
+
 use super::{sink_options, source_metadata, source_options, with};
 use phoenix_dsl::catalog::{ConnectorSpec, MetaSpec, OptionSpec, OptionType, Role};
 use phoenix_dsl::types::Ty;

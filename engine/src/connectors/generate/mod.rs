@@ -1,5 +1,9 @@
 //! `generate`: synthetic events of the source's schema, for demos and benchmarks.
 
+mod run;
+
+pub use run::GenerateSource;
+
 use super::{source_metadata, source_options, with};
 use phoenix_dsl::catalog::{ConnectorSpec, OptionSpec, OptionType, Role};
 

@@ -1,5 +1,9 @@
 //! `http`: events POSTed to an endpoint (NDJSON, a JSON array, or one object).
 
+mod source;
+
+pub use source::HttpSource;
+
 use super::{source_metadata, source_options, with};
 use phoenix_dsl::catalog::{ConnectorSpec, MetaSpec, OptionSpec, OptionType, Role};
 use phoenix_dsl::types::Ty;

@@ -1,5 +1,9 @@
 //! `stdin` / `stdout`: events on the process's standard streams.
 
+mod run;
+
+pub use run::{StdinSource, StdoutSink};
+
 use super::{sink_options, source_metadata, source_options, with};
 use phoenix_dsl::catalog::{ConnectorSpec, OptionSpec, OptionType, Role};
 

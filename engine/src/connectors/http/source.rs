@@ -1,0 +1,669 @@
+//! The `http` source: events POSTed to one path, answered only once the flow has them.
+//!
+//! Each request becomes one or more [`RawBatch`]es (at most `batch_size` events each) sharing
+//! one [`Ack`]; the response waits for that ack, so a 200 means every event of the request was
+//! handled downstream (written, filtered out or dead-lettered) and a 503 means the client
+//! should send the request again.
+//!
+//! | request                                   | response                     |
+//! |-------------------------------------------|------------------------------|
+//! | POST to `path`, every event handled       | 200 `{"accepted": N}`        |
+//! | the flow could not deliver / is stopping  | 503 `{"error": "..."}`       |
+//! | empty body, not UTF-8, broken JSON array  | 400 `{"error": "..."}`       |
+//! | another path                              | 404                          |
+//! | another method                            | 405 (`Allow: POST`)          |
+//! | body larger than `max_body`               | 413                          |
+//!
+//! Framing: a `Content-Type` of NDJSON (`application/x-ndjson` and friends) means one event per
+//! line. Otherwise the first non-blank byte decides: `[` is a JSON array whose elements are the
+//! events, `{` is one (possibly pretty-printed) object if the whole body is one JSON value, and
+//! anything else is NDJSON. A line that is not valid JSON is not a bad request: it is an event
+//! the engine's decoder sends to the source's `.errors` port.
+//!
+//! The handlers never hold the [`SourceContext`]: they pass batches to [`Source::run`], which
+//! forwards them. So once `run` returns, nothing can reach the flow through this source.
+
+use crate::connectors::{BoxFuture, ConnectorError, Source, SourceContext, Stopped};
+use crate::exec::ack::Ack;
+use crate::exec::batch::RawBatch;
+use crate::options::Options;
+use arrow::array::{ArrayRef, StringArray};
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::value::RawValue;
+use std::future::IntoFuture;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+/// How long requests still in flight when the flow stops may take to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Why an accepted request could not be delivered because the flow is going away.
+const STOPPING: &str = "the flow is stopping";
+
+/// Content types that mean "one event per line", whatever the body starts with.
+const NDJSON_TYPES: &[&str] = &[
+    "application/x-ndjson",
+    "application/ndjson",
+    "application/jsonl",
+    "application/x-jsonlines",
+    "application/jsonlines",
+];
+
+#[derive(Debug)]
+pub struct HttpSource {
+    /// Bound in [`HttpSource::new`] so a port in use is reported before the flow starts.
+    listener: std::net::TcpListener,
+    local_addr: SocketAddr,
+    path: String,
+    max_body: u64,
+}
+
+impl HttpSource {
+    pub fn new(options: &Options) -> Result<HttpSource, ConnectorError> {
+        let address = options.str("address").unwrap_or("127.0.0.1:8080");
+        let path = options.str("path").unwrap_or("/").to_string();
+        if !path.starts_with('/') {
+            return Err(ConnectorError(format!("option `path` must start with `/`, like `/{path}`")));
+        }
+        let max_body = options.size("max_body").unwrap_or(10 << 20);
+        let listener = bind(address)?;
+        let local_addr =
+            listener.local_addr().map_err(|e| ConnectorError(format!("cannot listen on {address}: {e}")))?;
+        Ok(HttpSource { listener, local_addr, path, max_body })
+    }
+
+    /// The address the source listens on (the real port when `address` asks for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+fn bind(address: &str) -> Result<std::net::TcpListener, ConnectorError> {
+    let fail = |why: String| ConnectorError(format!("cannot listen on {address}: {why}"));
+    let addrs: Vec<SocketAddr> = address
+        .to_socket_addrs()
+        .map_err(|e| fail(format!("{e} (expected HOST:PORT, like 127.0.0.1:8080)")))?
+        .collect();
+    let listener = std::net::TcpListener::bind(&addrs[..]).map_err(|e| {
+        fail(match e.kind() {
+            std::io::ErrorKind::AddrInUse => "address in use".into(),
+            std::io::ErrorKind::AddrNotAvailable => "no such address on this machine".into(),
+            std::io::ErrorKind::PermissionDenied => "permission denied (ports below 1024 need privileges)".into(),
+            _ => e.to_string(),
+        })
+    })?;
+    listener.set_nonblocking(true).map_err(|e| fail(e.to_string()))?;
+    Ok(listener)
+}
+
+/// What every request handler shares.
+#[derive(Debug)]
+struct Ingest {
+    path: String,
+    max_body: u64,
+    batch_size: usize,
+    /// To [`Source::run`], which hands the batches to the flow.
+    tx: mpsc::Sender<RawBatch>,
+}
+
+impl Source for HttpSource {
+    fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), ConnectorError>> {
+        Box::pin(async move {
+            let HttpSource { listener, local_addr, path, max_body } = *self;
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .map_err(|e| ConnectorError(format!("cannot listen on {local_addr}: {e}")))?;
+            let (tx, mut rx) = mpsc::channel::<RawBatch>(1);
+            let ingest = Arc::new(Ingest { path: path.clone(), max_body, batch_size: ctx.batch_size, tx });
+            let app = Router::new()
+                .fallback(handle)
+                .layer(DefaultBodyLimit::max(usize::try_from(max_body).unwrap_or(usize::MAX)))
+                .with_state(ingest);
+            let (stop_tx, stop_rx) = oneshot::channel::<()>();
+            let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(async move {
+                    let _ = stop_rx.await;
+                });
+            let server = tokio::spawn(server.into_future());
+            info!(source = %ctx.name, "listening on http://{local_addr}{path}");
+
+            // Forward batches until every handler is gone: the server drops its last one when
+            // it has shut down and the requests in flight are answered.
+            let mut stop_tx = Some(stop_tx);
+            let grace = tokio::time::sleep(SHUTDOWN_GRACE);
+            tokio::pin!(grace);
+            loop {
+                let stop = tokio::select! {
+                    batch = rx.recv() => match batch {
+                        Some(batch) => forward(&ctx, batch).await.is_err(),
+                        None => break,
+                    },
+                    _ = ctx.stopping(), if stop_tx.is_some() => true,
+                    _ = &mut grace, if stop_tx.is_none() => {
+                        warn!(source = %ctx.name, "requests still running {SHUTDOWN_GRACE:?} after the flow stopped; \
+                                                   answering them with 503");
+                        break;
+                    }
+                };
+                if stop && stop_tx.take().is_some() {
+                    debug!(source = %ctx.name, "no longer accepting requests");
+                    grace.as_mut().reset(Instant::now() + SHUTDOWN_GRACE);
+                }
+            }
+            rx.close();
+            while let Ok(batch) = rx.try_recv() {
+                batch.ack.fail(STOPPING);
+            }
+            let stopping = stop_tx.is_none();
+            server.abort();
+            match server.await {
+                Ok(Ok(())) if stopping => Ok(()),
+                Ok(Ok(())) => Err(ConnectorError("the HTTP server stopped unexpectedly".into())),
+                Ok(Err(e)) => Err(ConnectorError(format!("HTTP server on {local_addr}: {e}"))),
+                Err(e) if e.is_cancelled() => Ok(()),
+                Err(e) => Err(ConnectorError(format!("HTTP server on {local_addr} failed: {e}"))),
+            }
+        })
+    }
+}
+
+/// Hand one batch to the flow; if the flow is gone, its ack says so (the handler answers 503).
+async fn forward(ctx: &SourceContext, batch: RawBatch) -> Result<(), Stopped> {
+    let ack = batch.ack.clone();
+    let sent = ctx.send(batch).await;
+    if sent.is_err() {
+        ack.fail(STOPPING);
+    }
+    sent
+}
+
+async fn handle(
+    State(ingest): State<Arc<Ingest>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let response = ingest_request(&ingest, remote, req).await;
+    match response {
+        Ok(r) => r,
+        Err((status, message)) => {
+            debug!(%remote, status = status.as_u16(), "{message}");
+            let mut r = (status, Json(serde_json::json!({ "error": message }))).into_response();
+            if status == StatusCode::METHOD_NOT_ALLOWED {
+                r.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+            }
+            r
+        }
+    }
+}
+
+type Refusal = (StatusCode, String);
+
+async fn ingest_request(ingest: &Ingest, remote: SocketAddr, req: Request) -> Result<Response, Refusal> {
+    if req.uri().path() != ingest.path {
+        return Err((
+            StatusCode::NOT_FOUND,
+            format!("nothing at `{}`: events are POSTed to `{}`", req.uri().path(), ingest.path),
+        ));
+    }
+    if req.method() != Method::POST {
+        return Err((
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method {} is not allowed: POST events to `{}`", req.method(), ingest.path),
+        ));
+    }
+    let too_large =
+        || (StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than max_body ({} bytes)", ingest.max_body));
+    // Refuse a declared length up front, without reading the body.
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > ingest.max_body) {
+        return Err(too_large());
+    }
+    let ndjson = is_ndjson(req.headers());
+    // Read through the `DefaultBodyLimit` layer: a chunked body stops at `max_body` too.
+    let body = Bytes::from_request(req, &()).await.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => too_large(),
+        status => (status, rejection.body_text()),
+    })?;
+    let (data, spans) = frame(body, ndjson).map_err(|m| (StatusCode::BAD_REQUEST, m))?;
+
+    let remote = remote.to_string();
+    let (ack, waiter) = Ack::new();
+    for chunk in spans.chunks(ingest.batch_size) {
+        if ingest.tx.send(raw_batch(&data, chunk, &remote, ack.clone())).await.is_err() {
+            return Err((StatusCode::SERVICE_UNAVAILABLE, STOPPING.into()));
+        }
+    }
+    drop(ack);
+    match waiter.wait().await {
+        Ok(()) => Ok((StatusCode::OK, Json(serde_json::json!({ "accepted": spans.len() }))).into_response()),
+        Err(reason) => Err((StatusCode::SERVICE_UNAVAILABLE, format!("the events were not delivered: {reason}"))),
+    }
+}
+
+fn is_ndjson(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let mime = value.split(';').next().unwrap_or("").trim();
+    NDJSON_TYPES.iter().any(|t| t.eq_ignore_ascii_case(mime))
+}
+
+/// Cut a request body into event payloads: the bytes holding them and each one's span. The
+/// payloads are separated by whitespace only, as [`RawBatch::data`] requires; NDJSON and a
+/// single object share the body's buffer, array elements are copied out of it.
+fn frame(body: Bytes, ndjson: bool) -> Result<(Bytes, Vec<Range<usize>>), String> {
+    let text = std::str::from_utf8(&body)
+        .map_err(|e| format!("body is not valid UTF-8 (bad byte at offset {})", e.valid_up_to()))?;
+    let bom = if text.starts_with('\u{feff}') { '\u{feff}'.len_utf8() } else { 0 };
+    let all = trim(&body, bom..body.len());
+    if all.is_empty() {
+        return Err("empty body: expected NDJSON, a JSON array of events or one JSON object".into());
+    }
+    // `all` ends on ASCII (whitespace trimmed off, or the body's ends), so it is a char boundary.
+    let content = &text[all.clone()];
+    if !ndjson && content.starts_with('[') {
+        let items: Vec<&RawValue> =
+            serde_json::from_str(content).map_err(|e| format!("body is not a JSON array of events: {e}"))?;
+        let mut data = Vec::with_capacity(content.len());
+        let mut spans = Vec::with_capacity(items.len());
+        for item in items {
+            let start = data.len();
+            data.extend_from_slice(item.get().as_bytes());
+            spans.push(start..data.len());
+            data.push(b'\n');
+        }
+        return Ok((Bytes::from(data), spans));
+    }
+    // One object, perhaps spread over several lines; on failure (several lines of NDJSON)
+    // this stops at the end of the first value.
+    if !ndjson && content.starts_with('{') && serde_json::from_str::<&RawValue>(content).is_ok() {
+        return Ok((body, vec![all]));
+    }
+    let spans = lines(&body, all);
+    Ok((body, spans))
+}
+
+/// Non-blank lines of `data[within]`, each trimmed.
+fn lines(data: &[u8], within: Range<usize>) -> Vec<Range<usize>> {
+    let mut spans = Vec::new();
+    let mut start = within.start;
+    while start < within.end {
+        let end = memchr::memchr(b'\n', &data[start..within.end]).map_or(within.end, |i| start + i);
+        let span = trim(data, start..end);
+        if !span.is_empty() {
+            spans.push(span);
+        }
+        start = end + 1;
+    }
+    spans
+}
+
+fn trim(data: &[u8], mut r: Range<usize>) -> Range<usize> {
+    while r.start < r.end && data[r.start].is_ascii_whitespace() {
+        r.start += 1;
+    }
+    while r.end > r.start && data[r.end - 1].is_ascii_whitespace() {
+        r.end -= 1;
+    }
+    r
+}
+
+/// One batch of `spans` (not empty) from `data`, sharing its buffer.
+fn raw_batch(data: &Bytes, spans: &[Range<usize>], remote: &str, ack: Ack) -> RawBatch {
+    let base = spans.first().map_or(0, |s| s.start);
+    let end = spans.last().map_or(base, |s| s.end);
+    let remote: ArrayRef = Arc::new(StringArray::from_iter_values(std::iter::repeat_n(remote, spans.len())));
+    RawBatch {
+        data: data.slice(base..end),
+        spans: spans.iter().map(|s| s.start - base..s.end - base).collect(),
+        meta: vec![("remote", remote)],
+        rejected: Vec::new(),
+        ack,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::options::Settings;
+    use arrow::array::Array;
+    use phoenix_dsl::plan::graph::OptionValue;
+    use phoenix_dsl::types::{Record, StreamType};
+    use std::future::Future;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio::task::JoinHandle;
+    use tokio_util::sync::CancellationToken;
+
+    struct Running {
+        addr: SocketAddr,
+        stop: CancellationToken,
+        task: JoinHandle<Result<(), ConnectorError>>,
+    }
+
+    fn options(extra: &[(&str, OptionValue)]) -> Options {
+        let mut written: Vec<(String, OptionValue)> = extra.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        if !extra.iter().any(|(k, _)| *k == "address") {
+            written.push(("address".into(), OptionValue::String("127.0.0.1:0".into())));
+        }
+        Options::resolve("s", &super::super::source_spec(), &written, &Settings::default()).unwrap()
+    }
+
+    /// A running source; the receiver stands in for the flow's workers.
+    fn start(extra: &[(&str, OptionValue)]) -> (Running, mpsc::Receiver<RawBatch>) {
+        let options = options(extra);
+        let source = HttpSource::new(&options).unwrap();
+        let addr = source.local_addr();
+        let (tx, rx) = mpsc::channel(4);
+        let stop = CancellationToken::new();
+        let stats = Metrics::new([("source s".into(), "f:1:1".into())]).nodes[0].clone();
+        let stream =
+            StreamType { record: Arc::new(Record::default()), open: true, metadata: Arc::new(Record::default()) };
+        let ctx = SourceContext::new("s".into(), stream, options, tx, stop.clone(), stats).unwrap();
+        let task = tokio::spawn(Box::new(source).run(ctx));
+        (Running { addr, stop, task }, rx)
+    }
+
+    #[derive(Debug)]
+    struct Seen {
+        payloads: Vec<String>,
+        remote: Vec<String>,
+    }
+
+    /// Workers that take every batch, note what it held and drop it (failing its ack first
+    /// when `fail` is given).
+    fn consume(mut rx: mpsc::Receiver<RawBatch>, fail: Option<&'static str>) -> mpsc::UnboundedReceiver<Seen> {
+        let (tx, seen) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(b) = rx.recv().await {
+                let payloads = (0..b.len()).map(|i| String::from_utf8(b.payload(i).to_vec()).unwrap()).collect();
+                let remote = b
+                    .meta
+                    .iter()
+                    .find(|(n, _)| *n == "remote")
+                    .map(|(_, a)| {
+                        let a = a.as_any().downcast_ref::<StringArray>().unwrap();
+                        a.iter().map(|v| v.unwrap().to_string()).collect()
+                    })
+                    .unwrap_or_default();
+                if let Some(reason) = fail {
+                    b.ack.fail(reason);
+                }
+                drop(b);
+                let _ = tx.send(Seen { payloads, remote });
+            }
+        });
+        seen
+    }
+
+    async fn within<T>(f: impl Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(10), f).await.expect("timed out")
+    }
+
+    /// Send `raw` as it is; the status and body of the response.
+    async fn exchange(addr: SocketAddr, raw: Vec<u8>) -> (u16, String, String) {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&raw).await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, head.to_string(), body.to_string())
+    }
+
+    async fn request(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> (u16, String, String) {
+        let mut raw = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        if let Some(t) = content_type {
+            raw.push_str(&format!("Content-Type: {t}\r\n"));
+        }
+        raw.push_str("\r\n");
+        let mut raw = raw.into_bytes();
+        raw.extend_from_slice(body);
+        exchange(addr, raw).await
+    }
+
+    async fn post(addr: SocketAddr, body: &[u8]) -> (u16, String) {
+        let (status, _, body) = within(request(addr, "POST", "/", None, body)).await;
+        (status, body)
+    }
+
+    async fn stop(r: Running) {
+        r.stop.cancel();
+        within(r.task).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn ndjson_body() {
+        let (r, rx) = start(&[]);
+        let mut seen = consume(rx, None);
+        let body = b"{\"a\":1}\n\n{\"b\":2}\r\n  {\"c\":3}  \n";
+        let (status, text) = post(r.addr, body).await;
+        assert_eq!((status, text.as_str()), (200, r#"{"accepted":3}"#));
+        let got = seen.recv().await.unwrap();
+        assert_eq!(got.payloads, [r#"{"a":1}"#, r#"{"b":2}"#, r#"{"c":3}"#]);
+        assert_eq!(got.remote.len(), 3);
+        assert!(got.remote.iter().all(|a| a.starts_with("127.0.0.1:")), "{:?}", got.remote);
+        stop(r).await;
+    }
+
+    #[tokio::test]
+    async fn bad_ndjson_line_is_an_event() {
+        let (r, rx) = start(&[]);
+        let mut seen = consume(rx, None);
+        let (status, text) = post(r.addr, b"{\"a\":1}\nnot json\n").await;
+        assert_eq!((status, text.as_str()), (200, r#"{"accepted":2}"#));
+        assert_eq!(seen.recv().await.unwrap().payloads, [r#"{"a":1}"#, "not json"]);
+        stop(r).await;
+    }
+
+    #[tokio::test]
+    async fn json_array_body() {
+        let (r, rx) = start(&[]);
+        let mut seen = consume(rx, None);
+        let (status, text) = post(r.addr, b" [ {\"a\": 1},\n {\"b\": [2, 3]} ] ").await;
+        assert_eq!((status, text.as_str()), (200, r#"{"accepted":2}"#));
+        assert_eq!(seen.recv().await.unwrap().payloads, [r#"{"a": 1}"#, r#"{"b": [2, 3]}"#]);
+        // An empty array is fine: nothing to wait for.
+        assert_eq!(post(r.addr, b"[]").await, (200, r#"{"accepted":0}"#.into()));
+        stop(r).await;
+    }
+
+    #[tokio::test]
+    async fn single_object_body() {
+        let (r, rx) = start(&[]);
+        let mut seen = consume(rx, None);
+        let (status, text) = post(r.addr, b"\xef\xbb\xbf{\n  \"a\": 1,\n  \"b\": \"x\"\n}\n").await;
+        assert_eq!((status, text.as_str()), (200, r#"{"accepted":1}"#));
+        assert_eq!(seen.recv().await.unwrap().payloads, ["{\n  \"a\": 1,\n  \"b\": \"x\"\n}"]);
+        stop(r).await;
+    }
+
+    #[tokio::test]
+    async fn ndjson_content_type_means_lines() {
+        let (r, rx) = start(&[]);
+        let mut seen = consume(rx, None);
+        let (status, _, text) =
+            within(request(r.addr, "POST", "/", Some("application/x-ndjson; charset=utf-8"), b"[1]\n[2]\n")).await;
+        assert_eq!((status, text.as_str()), (200, r#"{"accepted":2}"#));
+        assert_eq!(seen.recv().await.unwrap().payloads, ["[1]", "[2]"]);
+        stop(r).await;
+    }
+
+    #[tokio::test]
+    async fn bad_bodies_are_400() {
+        let (r, rx) = start(&[]);
+        let _seen = consume(rx, None);
+        for (body, says) in [
+            (&b""[..], "empty body"),
+            (b" \n\r\n ", "empty body"),
+            (b"[{\"a\":1}, {\"b\":", "not a JSON array"),
+            (b"[{\"a\":1}]\n[{\"b\":2}]", "not a JSON array"),
+            (b"{\"a\":\"\xff\"}", "not valid UTF-8"),
+        ] {
+            let (status, text) = post(r.addr, body).await;
+            assert_eq!(status, 400, "{text}");
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert!(v["error"].as_str().unwrap().contains(says), "{text}");
+        }
+        stop(r).await;
+    }
+
+    #[tokio::test]
+    async fn oversized_bodies_are_413() {
+        let (r, rx) = start(&[("max_body", OptionValue::Size(1024))]);
+        let mut seen = consume(rx, None);
+        // Refused from the declared length, before the body is sent.
+        let head =
+            format!("POST / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: 100000\r\n\r\n", r.addr);
+        let (status, _, text) = within(exchange(r.addr, head.into_bytes())).await;
+        assert_eq!(status, 413, "{text}");
+        assert!(text.contains("max_body (1024 bytes)"), "{text}");
+        // A chunked body is cut off while it is read.
+        let mut raw = format!(
+            "POST / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n",
+            r.addr
+        )
+        .into_bytes();
+        raw.extend_from_slice(&[b' '; 0x800]);
+        raw.extend_from_slice(b"\r\n0\r\n\r\n");
+        let (status, _, text) = within(exchange(r.addr, raw)).await;
+        assert_eq!(status, 413, "{text}");
+        // Up to the limit is fine.
+        let mut body = b"{\"a\":1}\n".to_vec();
+        body.resize(1024, b' ');
+        assert_eq!(post(r.addr, &body).await.0, 200);
+        assert_eq!(seen.recv().await.unwrap().payloads, [r#"{"a":1}"#]);
+        stop(r).await;
+    }
+
+    #[tokio::test]
+    async fn wrong_path_and_method() {
+        let (r, rx) = start(&[("path", OptionValue::String("/events".into()))]);
+        let mut seen = consume(rx, None);
+        let (status, _, text) = within(request(r.addr, "POST", "/", None, b"{}")).await;
+        assert_eq!(status, 404, "{text}");
+        assert!(text.contains("`/events`"), "{text}");
+        let (status, head, text) = within(request(r.addr, "GET", "/events", None, b"")).await;
+        assert_eq!(status, 405, "{text}");
+        assert!(head.to_ascii_lowercase().contains("allow: post"), "{head}");
+        let (status, _, text) = within(request(r.addr, "POST", "/events?x=1", None, b"{}")).await;
+        assert_eq!((status, text.as_str()), (200, r#"{"accepted":1}"#));
+        assert_eq!(seen.recv().await.unwrap().payloads, ["{}"]);
+        stop(r).await;
+    }
+
+    #[tokio::test]
+    async fn failed_ack_is_503() {
+        let (r, rx) = start(&[]);
+        let _seen = consume(rx, Some("sink down"));
+        let (status, text) = post(r.addr, b"{\"a\":1}\n").await;
+        assert_eq!(status, 503, "{text}");
+        assert!(text.contains("sink down"), "{text}");
+        stop(r).await;
+    }
+
+    #[tokio::test]
+    async fn workers_gone_is_503() {
+        let (r, rx) = start(&[]);
+        drop(rx);
+        let (status, text) = post(r.addr, b"{\"a\":1}\n").await;
+        assert_eq!(status, 503, "{text}");
+        assert!(text.contains(STOPPING), "{text}");
+        // The source stops by itself: the flow is gone.
+        within(r.task).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn answers_only_once_acknowledged() {
+        let (r, mut rx) = start(&[("batch_size", OptionValue::Int(2))]);
+        let addr = r.addr;
+        let req = tokio::spawn(async move { post(addr, b"1\n2\n3\n4\n5\n").await });
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(within(rx.recv()).await.unwrap());
+        }
+        assert_eq!(held.iter().map(RawBatch::len).collect::<Vec<_>>(), [2, 2, 1]);
+        assert_eq!(held[2].payload(0), b"5");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!req.is_finished());
+        held.truncate(1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!req.is_finished());
+        drop(held);
+        assert_eq!(within(req).await.unwrap(), (200, r#"{"accepted":5}"#.into()));
+        stop(r).await;
+    }
+
+    #[tokio::test]
+    async fn stopping_finishes_requests_in_flight() {
+        let (r, mut rx) = start(&[]);
+        let addr = r.addr;
+        let req = tokio::spawn(async move { post(addr, b"{\"a\":1}").await });
+        let batch = within(rx.recv()).await.unwrap();
+        r.stop.cancel();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!r.task.is_finished());
+        assert!(TcpStream::connect(addr).await.is_err(), "still accepting after stop");
+        drop(batch);
+        assert_eq!(within(req).await.unwrap(), (200, r#"{"accepted":1}"#.into()));
+        within(r.task).await.unwrap().unwrap();
+        // The source no longer holds the flow's queue.
+        assert!(within(rx.recv()).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn stops_when_idle() {
+        let (r, rx) = start(&[]);
+        let addr = r.addr;
+        stop(r).await;
+        drop(rx);
+        assert!(TcpStream::connect(addr).await.is_err());
+    }
+
+    #[test]
+    fn port_in_use_is_reported_up_front() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        let err = HttpSource::new(&options(&[("address", OptionValue::String(addr.clone()))])).unwrap_err();
+        assert_eq!(err.to_string(), format!("cannot listen on {addr}: address in use"));
+        let err = HttpSource::new(&options(&[("address", OptionValue::String("127.0.0.1".into()))])).unwrap_err();
+        assert!(err.to_string().starts_with("cannot listen on 127.0.0.1: "), "{err}");
+        let err = HttpSource::new(&options(&[("path", OptionValue::String("events".into()))])).unwrap_err();
+        assert!(err.to_string().contains("must start with `/`"), "{err}");
+    }
+
+    #[test]
+    fn framing() {
+        let spans = |body: &str, ndjson| {
+            let (data, spans) = frame(Bytes::from(body.to_string()), ndjson).unwrap();
+            spans.iter().map(|s| String::from_utf8(data[s.clone()].to_vec()).unwrap()).collect::<Vec<_>>()
+        };
+        assert_eq!(spans("{\"a\":1}\n{\"b\":2}", false), [r#"{"a":1}"#, r#"{"b":2}"#]);
+        assert_eq!(spans("{\"a\":1} ", false), [r#"{"a":1}"#]);
+        assert_eq!(spans("[1, {\"x\": [2]}, \"s\"]", false), ["1", r#"{"x": [2]}"#, r#""s""#]);
+        assert_eq!(spans("[1]\n[2]", true), ["[1]", "[2]"]);
+        // A broken object is a line the decoder will refuse, not a bad request.
+        assert_eq!(spans("{\"a\":", false), [r#"{"a":"#]);
+        assert!(frame(Bytes::from_static(b"\xef\xbb\xbf "), false).is_err());
+    }
+}

@@ -1,0 +1,300 @@
+//! Fused operator pipelines: everything downstream of one port (a source's output, a source's
+//! or sink's `.errors`) runs in the task that produced the batch, stage after stage, without a
+//! channel between stages. Fan-out hands each branch the same batch (Arrow arrays are shared,
+//! not copied).
+//!
+//! A stage that fails on a batch (an integer divided by zero, a failing cast) is retried on
+//! halves of it until the failing events are isolated; those become dead letters and the rest
+//! go on. User data cannot stop a pipeline.
+
+use super::RAW_COLUMN;
+use super::ack::Ack;
+use super::batch::{DeadLetter, SinkBatch};
+use super::encode::Encoder;
+use crate::metrics::NodeStats;
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, TimestampNanosecondArray};
+use arrow::array::{BinaryArray, Int64Array};
+use arrow::compute::kernels::boolean::{and_not, not, or};
+use arrow::compute::{cast, filter_record_batch, prep_null_mask_filter};
+use arrow_schema::SchemaRef;
+use bytes::Bytes;
+use datafusion_physical_expr::PhysicalExpr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+pub type PhysExpr = Arc<dyn PhysicalExpr>;
+
+/// Everything wired to one port.
+#[derive(Debug, Default)]
+pub struct Pipeline {
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug)]
+pub enum Target {
+    Stage(Box<Stage>),
+    Sink(SinkTarget),
+}
+
+/// An edge into a sink: how to encode events and compute the sink's per-event options.
+#[derive(Debug)]
+pub struct SinkTarget {
+    /// Index of the sink in the task graph.
+    pub sink: usize,
+    pub title: String,
+    pub exprs: Vec<(String, PhysExpr)>,
+    pub encoder: Encoder,
+}
+
+#[derive(Debug)]
+pub struct Stage {
+    /// `where at flow.phx:4:5`: names the stage in dead letters.
+    pub title: String,
+    pub stats: Arc<NodeStats>,
+    pub op: Op,
+}
+
+#[derive(Debug)]
+pub enum Op {
+    Filter {
+        predicate: PhysExpr,
+        out: Pipeline,
+    },
+    Project {
+        items: Vec<PhysExpr>,
+        /// How each output column is made.
+        columns: Vec<Column>,
+        schema: SchemaRef,
+        out: Pipeline,
+    },
+    Route {
+        all: bool,
+        arms: Vec<Arm>,
+    },
+    Drop,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Column {
+    /// The value of `select` item `i`.
+    Item(usize),
+    /// Input column `i`, passed through.
+    Input(usize),
+}
+
+#[derive(Debug)]
+pub struct Arm {
+    /// `None`: the `else` arm.
+    pub condition: Option<PhysExpr>,
+    pub out: Pipeline,
+}
+
+/// What running a pipeline produced: batches for sinks (by sink index) and dead letters.
+#[derive(Debug, Default)]
+pub struct Emit {
+    pub sinks: Vec<(usize, SinkBatch)>,
+    pub dead: Vec<DeadLetter>,
+}
+
+type StageResult<T> = Result<T, String>;
+
+impl Pipeline {
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+
+    pub fn push(&self, batch: &RecordBatch, ack: &Ack, emit: &mut Emit) {
+        if batch.num_rows() == 0 {
+            return;
+        }
+        for t in &self.targets {
+            match t {
+                Target::Stage(s) => s.push(batch, ack, emit),
+                Target::Sink(s) => isolate(batch, &s.title, None, emit, &mut |b, emit| s.push(b, ack, emit)),
+            }
+        }
+    }
+
+    /// Every sink this pipeline can reach.
+    pub fn sinks(&self, out: &mut Vec<usize>) {
+        for t in &self.targets {
+            match t {
+                Target::Sink(s) => out.push(s.sink),
+                Target::Stage(s) => match &s.op {
+                    Op::Filter { out: p, .. } | Op::Project { out: p, .. } => p.sinks(out),
+                    Op::Route { arms, .. } => arms.iter().for_each(|a| a.out.sinks(out)),
+                    Op::Drop => {}
+                },
+            }
+        }
+    }
+}
+
+impl SinkTarget {
+    fn push(&self, batch: &RecordBatch, ack: &Ack, emit: &mut Emit) -> StageResult<()> {
+        let mut fields = Vec::with_capacity(self.exprs.len());
+        for (name, e) in &self.exprs {
+            fields.push((name.clone(), evaluate(e, batch)?));
+        }
+        let payloads = self.encoder.encode(batch).map_err(|e| e.to_string())?;
+        emit.sinks.push((self.sink, SinkBatch { payloads, fields, ack: ack.clone() }));
+        Ok(())
+    }
+}
+
+impl Stage {
+    fn push(&self, batch: &RecordBatch, ack: &Ack, emit: &mut Emit) {
+        self.stats.events_in.inc_by(batch.num_rows() as u64);
+        isolate(batch, &self.title, Some(&self.stats), emit, &mut |b, emit| self.run(b, ack, emit));
+    }
+
+    /// Apply the operator, then (only if it succeeded) hand the results on.
+    fn run(&self, batch: &RecordBatch, ack: &Ack, emit: &mut Emit) -> StageResult<()> {
+        match &self.op {
+            Op::Filter { predicate, out } => {
+                let keep = filter(&mask(predicate, batch)?, batch)?;
+                self.stats.events_out.inc_by(keep.num_rows() as u64);
+                out.push(&keep, ack, emit);
+            }
+            Op::Project { items, columns, schema, out } => {
+                let values = items.iter().map(|e| evaluate(e, batch)).collect::<StageResult<Vec<_>>>()?;
+                let mut arrays = Vec::with_capacity(columns.len() + 1);
+                for (c, field) in columns.iter().zip(schema.fields()) {
+                    let a = match c {
+                        Column::Item(i) => values[*i].clone(),
+                        Column::Input(i) => batch.column(*i).clone(),
+                    };
+                    let a = if a.data_type() == field.data_type() {
+                        a
+                    } else {
+                        cast(&a, field.data_type()).map_err(|e| e.to_string())?
+                    };
+                    arrays.push(a);
+                }
+                let raw = batch.column_by_name(RAW_COLUMN).ok_or("batch without raw payloads")?;
+                arrays.push(raw.clone());
+                let projected = RecordBatch::try_new(schema.clone(), arrays).map_err(|e| e.to_string())?;
+                self.stats.events_out.inc_by(projected.num_rows() as u64);
+                out.push(&projected, ack, emit);
+            }
+            Op::Route { all, arms } => {
+                // Evaluate every condition first, so a failure sends nothing on.
+                let conds = arms
+                    .iter()
+                    .map(|a| a.condition.as_ref().map(|c| mask(c, batch)).transpose())
+                    .collect::<StageResult<Vec<_>>>()?;
+                let mut taken: Option<BooleanArray> = None;
+                let mut selections = Vec::with_capacity(arms.len());
+                for cond in &conds {
+                    let sel = match (cond, &taken) {
+                        (Some(c), None) => c.clone(),
+                        (Some(c), Some(t)) if !*all => and_not(c, t).map_err(|e| e.to_string())?,
+                        (Some(c), Some(_)) => c.clone(),
+                        // `else`: what no other arm took (for `route all`, what no arm matched).
+                        (None, None) => BooleanArray::from(vec![true; batch.num_rows()]),
+                        (None, Some(t)) => not(t).map_err(|e| e.to_string())?,
+                    };
+                    if let Some(c) = cond {
+                        taken = Some(match &taken {
+                            None => c.clone(),
+                            Some(t) => or(t, c).map_err(|e| e.to_string())?,
+                        });
+                    }
+                    selections.push(sel);
+                }
+                // An `else` arm before others would see rows later arms take; the checker puts
+                // `else` last, so each selection is final here.
+                let mut outs = Vec::with_capacity(arms.len());
+                for sel in &selections {
+                    outs.push(filter(sel, batch)?);
+                }
+                for (arm, b) in arms.iter().zip(outs) {
+                    self.stats.events_out.inc_by(b.num_rows() as u64);
+                    arm.out.push(&b, ack, emit);
+                }
+            }
+            Op::Drop => {}
+        }
+        Ok(())
+    }
+}
+
+/// Run `f` on `batch`; if it fails, on each half, down to single events, which become dead
+/// letters. A panic in a kernel counts as a failure of that batch.
+fn isolate(
+    batch: &RecordBatch,
+    title: &str,
+    stats: Option<&NodeStats>,
+    emit: &mut Emit,
+    f: &mut dyn FnMut(&RecordBatch, &mut Emit) -> StageResult<()>,
+) {
+    let result = catch_unwind(AssertUnwindSafe(|| f(batch, emit)))
+        .unwrap_or_else(|p| Err(format!("internal error: {}", panic_message(&p))));
+    let Err(error) = result else { return };
+    let n = batch.num_rows();
+    if n == 1 {
+        if let Some(s) = stats {
+            s.errors.inc();
+        }
+        emit.dead.push(DeadLetter { error, node: title.to_string(), payload: raw_payload(batch, 0), attempts: 1 });
+        return;
+    }
+    let mid = n / 2;
+    isolate(&batch.slice(0, mid), title, stats, emit, f);
+    isolate(&batch.slice(mid, n - mid), title, stats, emit, f);
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
+pub fn raw_payload(batch: &RecordBatch, row: usize) -> Bytes {
+    match batch.column_by_name(RAW_COLUMN).and_then(|c| c.as_binary_opt::<i32>()) {
+        Some(raw) if !raw.is_null(row) => Bytes::copy_from_slice(raw.value(row)),
+        _ => Bytes::new(),
+    }
+}
+
+fn evaluate(e: &PhysExpr, batch: &RecordBatch) -> StageResult<ArrayRef> {
+    e.evaluate(batch).and_then(|v| v.into_array(batch.num_rows())).map_err(|e| clean(e.to_string()))
+}
+
+/// A predicate's value as a selection: NULL selects nothing (three-valued logic).
+fn mask(e: &PhysExpr, batch: &RecordBatch) -> StageResult<BooleanArray> {
+    let v = evaluate(e, batch)?;
+    let b = v.as_boolean_opt().ok_or_else(|| format!("condition gave {} instead of bool", v.data_type()))?;
+    Ok(if b.null_count() > 0 { prep_null_mask_filter(b) } else { b.clone() })
+}
+
+fn filter(mask: &BooleanArray, batch: &RecordBatch) -> StageResult<RecordBatch> {
+    if mask.true_count() == batch.num_rows() {
+        return Ok(batch.clone());
+    }
+    filter_record_batch(batch, mask).map_err(|e| e.to_string())
+}
+
+/// DataFusion wraps messages in layers ("Arrow error: Divide by zero error"); keep the point.
+fn clean(s: String) -> String {
+    let mut s = s.as_str();
+    for p in ["Execution error: ", "Arrow error: ", "Internal error: ", "Compute error: "] {
+        s = s.strip_prefix(p).unwrap_or(s);
+    }
+    s.to_string()
+}
+
+/// Dead letters as a batch of the `.errors` stream (`error, node, payload, attempts, ts`).
+pub fn dead_letter_batch(dead: &[DeadLetter], schema: &SchemaRef, now_ns: i64) -> Result<RecordBatch, String> {
+    let text = |f: &dyn Fn(&DeadLetter) -> String| Arc::new(dead.iter().map(f).map(Some).collect::<StringArray>());
+    let columns: Vec<ArrayRef> = vec![
+        text(&|d| d.error.clone()),
+        text(&|d| d.node.clone()),
+        text(&|d| String::from_utf8_lossy(&d.payload).into_owned()),
+        Arc::new(dead.iter().map(|d| d.attempts).collect::<Int64Array>()),
+        Arc::new(TimestampNanosecondArray::from(vec![now_ns; dead.len()]).with_timezone("UTC")),
+        Arc::new(dead.iter().map(|d| Some(d.payload.as_ref())).collect::<BinaryArray>()),
+    ];
+    RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())
+}

@@ -1,0 +1,84 @@
+//! Per-node counters, shared by the tasks, the progress display and `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    /// `source orders`, `where`, `sink search`.
+    pub node: String,
+    /// Where the node is written: `flow.phx:12:5`.
+    pub at: String,
+}
+
+/// The counters of one node of the flow.
+#[derive(Debug, Clone)]
+pub struct NodeStats {
+    pub title: String,
+    pub at: String,
+    pub events_in: Counter,
+    pub events_out: Counter,
+    pub bytes_in: Counter,
+    /// Events that failed here (sent to `.errors`, or counted as unhandled).
+    pub errors: Counter,
+    /// Failed events with no `.errors` wired: counted and logged, never silently lost.
+    pub unhandled: Counter,
+    /// Sink write attempts that failed and were retried.
+    pub retries: Counter,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub nodes: Vec<Arc<NodeStats>>,
+    pub started: Instant,
+}
+
+impl Metrics {
+    /// One set of counters per node, `(title, location)`, in node-index order.
+    pub fn new(nodes: impl IntoIterator<Item = (String, String)>) -> Metrics {
+        let mut registry = Registry::with_prefix("phoenix");
+        let families: Vec<Family<NodeLabels, Counter>> = (0..6).map(|_| Family::default()).collect();
+        let names = [
+            ("events_in", "Events that entered the node"),
+            ("events_out", "Events the node passed on (for a sink: written)"),
+            ("bytes_in", "Payload bytes a source received"),
+            ("errors", "Events that failed at the node"),
+            ("unhandled_errors", "Failed events with no .errors port wired"),
+            ("sink_retries", "Failed sink writes that were retried"),
+        ];
+        for ((name, help), f) in names.iter().zip(&families) {
+            registry.register(*name, *help, f.clone());
+        }
+        let nodes = nodes
+            .into_iter()
+            .map(|(title, at)| {
+                let l = NodeLabels { node: title.clone(), at: at.clone() };
+                let c = |i: usize| families[i].get_or_create(&l).clone();
+                Arc::new(NodeStats {
+                    title,
+                    at,
+                    events_in: c(0),
+                    events_out: c(1),
+                    bytes_in: c(2),
+                    errors: c(3),
+                    unhandled: c(4),
+                    retries: c(5),
+                })
+            })
+            .collect();
+        Metrics { registry, nodes, started: Instant::now() }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,305 @@
+//! The planned DAG (DataFusion logical expressions) → the task graph the engine runs.
+//!
+//! ```text
+//!  source task ──raw batches──▶ N workers ──sink batches──▶ sink task ──▶ connector
+//!  (I/O only)     (bounded)      decode + fused pipeline      (bounded)    retries, acks
+//!                                where → select → route ...
+//! ```
+//!
+//! Every stage between a source and its sinks runs inside the worker that decoded the batch
+//! (a fused pipeline: no channel, no copy between stages). Physical expressions are built once
+//! here against each stream's schema; the column order of batches at run time is the order the
+//! checker typed expressions against (see [`crate::exec::runtime_schema`]).
+
+use crate::exec::decode::Decoder;
+use crate::exec::encode::Encoder;
+use crate::exec::pipeline::{Arm, Column, Op, PhysExpr, Pipeline, SinkTarget, Stage, Target};
+use crate::exec::runtime_schema;
+use crate::metrics::Metrics;
+use arrow_schema::SchemaRef;
+use datafusion_common::DFSchema;
+use datafusion_expr::Expr;
+use datafusion_expr::execution_props::ExecutionProps;
+use petgraph::Direction;
+use petgraph::graph::NodeIndex;
+use petgraph::visit::EdgeRef;
+use phoenix_dsl::plan::{NodeKind, OptionValue, Plan, Port};
+use phoenix_dsl::span::SourceMap;
+use phoenix_dsl::types::{StreamType, dead_letter_stream};
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot plan {node}: {message}")]
+pub struct PlanError {
+    pub node: String,
+    pub message: String,
+}
+
+#[derive(Debug)]
+pub struct TaskGraph {
+    pub sources: Vec<SourcePlan>,
+    pub sinks: Vec<SinkPlan>,
+}
+
+#[derive(Debug)]
+pub struct SourcePlan {
+    pub node: NodeIndex,
+    pub name: String,
+    pub connector: String,
+    pub title: String,
+    pub options: Vec<(String, OptionValue)>,
+    pub stream: StreamType,
+    pub decoder: Arc<Decoder>,
+    pub out: Arc<Pipeline>,
+    pub errors: Arc<Pipeline>,
+    pub errors_schema: SchemaRef,
+}
+
+#[derive(Debug)]
+pub struct SinkPlan {
+    pub node: NodeIndex,
+    pub name: String,
+    pub connector: String,
+    pub title: String,
+    pub options: Vec<(String, OptionValue)>,
+    pub errors: Arc<Pipeline>,
+    pub errors_schema: SchemaRef,
+}
+
+/// `(title, location)` of every node, in node-index order: the labels of its metrics.
+pub fn node_labels(flow: &Plan, sources: &SourceMap) -> Vec<(String, String)> {
+    flow.graph.node_indices().map(|i| (flow.graph[i].title(), sources.location(flow.graph[i].span))).collect()
+}
+
+impl TaskGraph {
+    pub fn build(flow: &Plan, sources: &SourceMap, metrics: &Metrics) -> Result<TaskGraph, PlanError> {
+        let g = &flow.graph;
+        let mut sink_index = HashMap::new();
+        let mut sinks_at = Vec::new();
+        for i in g.node_indices() {
+            if let NodeKind::Sink { .. } = &g[i].kind {
+                sink_index.insert(i, sinks_at.len());
+                sinks_at.push(i);
+            }
+        }
+        let b = Builder { flow, sources, metrics, sink_index };
+        let errors_stream = dead_letter_stream();
+        let errors_encoder = Encoder::Columns(errors_stream.record.names().map(String::from).collect());
+        let mut out = TaskGraph { sources: Vec::new(), sinks: Vec::new() };
+        for i in g.node_indices() {
+            let node = &g[i];
+            if let NodeKind::Source { name, connector, options } = &node.kind {
+                let title = b.title(i);
+                out.sources.push(SourcePlan {
+                    node: i,
+                    name: name.clone(),
+                    connector: connector.clone(),
+                    title: title.clone(),
+                    options: options.clone(),
+                    stream: node.output.clone(),
+                    decoder: Arc::new(Decoder::new(&node.output, &title)),
+                    out: Arc::new(b.pipeline(i, Port::Out, &node.output, &Encoder::Raw)?),
+                    errors: Arc::new(b.pipeline(i, Port::Errors, &errors_stream, &errors_encoder)?),
+                    errors_schema: runtime_schema(&errors_stream),
+                });
+            }
+        }
+        for &i in &sinks_at {
+            if let NodeKind::Sink { name, connector, options } = &g[i].kind {
+                out.sinks.push(SinkPlan {
+                    node: i,
+                    name: name.clone(),
+                    connector: connector.clone(),
+                    title: b.title(i),
+                    options: options.clone(),
+                    errors: Arc::new(b.pipeline(i, Port::Errors, &errors_stream, &errors_encoder)?),
+                    errors_schema: runtime_schema(&errors_stream),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The task graph as text, for `phoenix explain`.
+    pub fn explain(&self, workers: usize, sink_queue: usize) -> String {
+        let mut s = String::new();
+        let names: Vec<&str> = self.sinks.iter().map(|k| k.name.as_str()).collect();
+        for src in &self.sources {
+            let _ = writeln!(
+                s,
+                "task {title}: reads {connector}, sends raw batches to {workers} worker{plural} (queue {q})",
+                title = src.title,
+                connector = src.connector,
+                plural = if workers == 1 { "" } else { "s" },
+                q = raw_queue(workers),
+            );
+            let _ = writeln!(s, "  workers (fused, ×{workers}): decode against the declared schema, then");
+            describe(&src.out, 2, &names, &mut s);
+            if src.errors.is_empty() {
+                let _ = writeln!(s, "    .errors: not wired (counted and logged)");
+            } else {
+                let _ = writeln!(s, "    .errors:");
+                describe(&src.errors, 3, &names, &mut s);
+            }
+        }
+        for k in &self.sinks {
+            let _ = writeln!(s, "task {}: writes batches (queue {sink_queue}), retries with backoff", k.title);
+            if !k.errors.is_empty() {
+                let _ = writeln!(s, "  .errors:");
+                describe(&k.errors, 2, &names, &mut s);
+            }
+        }
+        s
+    }
+}
+
+/// Batches waiting between a source and its workers: enough to keep every worker busy.
+pub fn raw_queue(workers: usize) -> usize {
+    workers * 2
+}
+
+fn describe(p: &Pipeline, depth: usize, sinks: &[&str], s: &mut String) {
+    let pad = "  ".repeat(depth);
+    for t in &p.targets {
+        match t {
+            Target::Sink(k) => {
+                let how = match &k.encoder {
+                    Encoder::Raw => "original bytes".to_string(),
+                    Encoder::Patch(f) => format!("original bytes + {}", f.join(", ")),
+                    Encoder::Columns(f) => format!("fields {}", f.join(", ")),
+                };
+                let _ = writeln!(s, "{pad}→ sink {} ({how})", sinks[k.sink]);
+            }
+            Target::Stage(st) => {
+                let _ = writeln!(s, "{pad}{}", st.title);
+                match &st.op {
+                    Op::Filter { out, .. } | Op::Project { out, .. } => describe(out, depth + 1, sinks, s),
+                    Op::Route { arms, .. } => {
+                        for (i, a) in arms.iter().enumerate() {
+                            let _ =
+                                writeln!(s, "{pad}  arm {i}{}:", if a.condition.is_none() { " (else)" } else { "" });
+                            describe(&a.out, depth + 2, sinks, s);
+                        }
+                    }
+                    Op::Drop => {}
+                }
+            }
+        }
+    }
+}
+
+/// Integer arithmetic that overflows is an error (the event becomes a dead letter), never a
+/// silently wrapped value.
+fn checked(e: PhysExpr) -> datafusion_common::Result<PhysExpr> {
+    use datafusion_common::tree_node::{Transformed, TreeNode};
+    use datafusion_physical_expr::expressions::BinaryExpr;
+    e.transform_up(|node| {
+        Ok(match node.downcast_ref::<BinaryExpr>() {
+            Some(b) if b.op().is_numerical_operators() => Transformed::yes(Arc::new(
+                BinaryExpr::new(b.left().clone(), *b.op(), b.right().clone()).with_fail_on_overflow(true),
+            ) as PhysExpr),
+            _ => Transformed::no(node),
+        })
+    })
+    .map(|t| t.data)
+}
+
+struct Builder<'a> {
+    flow: &'a Plan,
+    sources: &'a SourceMap,
+    metrics: &'a Metrics,
+    sink_index: HashMap<NodeIndex, usize>,
+}
+
+impl Builder<'_> {
+    fn title(&self, i: NodeIndex) -> String {
+        let n = &self.flow.graph[i];
+        format!("{} at {}", n.title(), self.sources.location(n.span))
+    }
+
+    fn err(&self, i: NodeIndex, message: impl Into<String>) -> PlanError {
+        PlanError { node: self.title(i), message: message.into() }
+    }
+
+    fn phys(&self, i: NodeIndex, e: &Expr, stream: &StreamType) -> Result<PhysExpr, PlanError> {
+        let schema =
+            DFSchema::try_from(stream.arrow_schema().as_ref().clone()).map_err(|x| self.err(i, x.to_string()))?;
+        let p = datafusion_physical_expr::create_physical_expr(e, &schema, &ExecutionProps::new(), &Default::default())
+            .map_err(|x| self.err(i, format!("{e}: {x}")))?;
+        checked(p).map_err(|x| self.err(i, x.to_string()))
+    }
+
+    /// Everything wired to `port` of `from`, whose events are `stream`, encoded by `enc`.
+    fn pipeline(&self, from: NodeIndex, port: Port, stream: &StreamType, enc: &Encoder) -> Result<Pipeline, PlanError> {
+        let g = &self.flow.graph;
+        let mut edges: Vec<_> =
+            g.edges_directed(from, Direction::Outgoing).filter(|e| e.weight().port == port).collect();
+        edges.sort_by_key(|e| e.id());
+        let mut targets = Vec::new();
+        for e in edges {
+            let to = e.target();
+            let node = &g[to];
+            let stats = self.metrics.nodes[to.index()].clone();
+            let stage = |op: Op| Target::Stage(Box::new(Stage { title: self.title(to), stats: stats.clone(), op }));
+            targets.push(match &node.kind {
+                NodeKind::Sink { .. } => Target::Sink(SinkTarget {
+                    sink: self.sink_index[&to],
+                    title: self.title(to),
+                    exprs: e
+                        .weight()
+                        .sink_exprs
+                        .iter()
+                        .map(|(n, x)| Ok((n.clone(), self.phys(to, x, stream)?)))
+                        .collect::<Result<_, PlanError>>()?,
+                    encoder: enc.clone(),
+                }),
+                NodeKind::Filter { predicate } => stage(Op::Filter {
+                    predicate: self.phys(to, predicate, stream)?,
+                    out: self.pipeline(to, Port::Out, &node.output, enc)?,
+                }),
+                NodeKind::Project { star, items } => {
+                    let input = stream.arrow_schema();
+                    let out = &node.output;
+                    let names: Vec<String> = items.iter().map(|(n, _)| n.clone()).collect();
+                    let mut columns = Vec::new();
+                    for f in &out.record.fields {
+                        columns.push(match names.iter().position(|n| *n == f.name) {
+                            Some(i) => Column::Item(i),
+                            None => Column::Input(input.index_of(&f.name).map_err(|x| self.err(to, x.to_string()))?),
+                        });
+                    }
+                    for m in &out.metadata.fields {
+                        let at = input.index_of(&format!("@{}", m.name)).map_err(|x| self.err(to, x.to_string()))?;
+                        columns.push(Column::Input(at));
+                    }
+                    let fields: Vec<String> = out.record.names().map(String::from).collect();
+                    let next = enc.after_select(*star, &names, &fields);
+                    stage(Op::Project {
+                        items: items.iter().map(|(_, x)| self.phys(to, x, stream)).collect::<Result<_, _>>()?,
+                        columns,
+                        schema: runtime_schema(out),
+                        out: self.pipeline(to, Port::Out, out, &next)?,
+                    })
+                }
+                NodeKind::Route { all, arms } => stage(Op::Route {
+                    all: *all,
+                    arms: arms
+                        .iter()
+                        .enumerate()
+                        .map(|(k, a)| {
+                            Ok(Arm {
+                                condition: a.condition.as_ref().map(|c| self.phys(to, c, stream)).transpose()?,
+                                out: self.pipeline(to, Port::Arm(k), &node.output, enc)?,
+                            })
+                        })
+                        .collect::<Result<_, PlanError>>()?,
+                }),
+                NodeKind::Drop => stage(Op::Drop),
+                NodeKind::Source { .. } => return Err(self.err(to, "a source cannot have an input")),
+            });
+        }
+        Ok(Pipeline { targets })
+    }
+}
