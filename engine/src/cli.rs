@@ -104,10 +104,28 @@ enum Command {
         #[arg(long)]
         workers: Option<usize>,
     },
+    /// Measure throughput: generated ~150-byte events through file → where → select → route →
+    /// 3 files. Prints events/s, MB/s, CPU seconds and peak RSS. Build with `--release`.
+    Bench {
+        /// How many events to generate.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Workers per source (default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Where to write input and output files (default: a fresh temporary directory, removed
+        /// afterwards).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// List the built-in functions with signatures and examples.
     Functions,
     /// List the connectors with their options.
-    Connectors,
+    Connectors {
+        /// The reference as Markdown (docs/connectors.md).
+        #[arg(long)]
+        markdown: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -208,6 +226,23 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
             }
             Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
+        Command::Bench { events, workers, dir } => {
+            let (dir, cleanup) = match dir {
+                Some(d) => (d, false),
+                None => (std::env::temp_dir().join(format!("phoenix-bench-{}", std::process::id())), true),
+            };
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            if cfg!(debug_assertions) {
+                eprintln!("note: this is a debug build; measure with `cargo run --release -p phoenix-engine -- bench`");
+            }
+            let report =
+                runtime()?.block_on(crate::bench::run_bench(&dir, events, workers.unwrap_or_else(default_workers)));
+            if cleanup {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            print!("{}", report?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Explain { flow, workers } => {
             let Some((plan, sources)) = compile_for_run(&flow, &catalog, color) else {
                 return Ok(ExitCode::FAILURE);
@@ -227,7 +262,11 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Connectors => {
+        Command::Connectors { markdown: true } => {
+            print!("{}", crate::docs::connectors_markdown(&catalog));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Connectors { markdown: false } => {
             let mut out = std::io::stdout().lock();
             for c in catalog.connectors() {
                 writeln!(out, "{} {} — {}", c.name, c.role, c.summary)?;

@@ -10,6 +10,8 @@ pub mod server;
 
 pub use catalog::EngineCatalog;
 pub use loader::FsLoader;
+pub mod bench;
+pub mod docs;
 pub mod exec;
 pub mod metrics;
 pub mod options;

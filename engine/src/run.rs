@@ -111,22 +111,8 @@ pub async fn run(
     let shutdown = config.shutdown.clone();
     // Build every connector before starting anything, so a bad option or path stops the flow
     // before it reads a single event.
-    let mut sinks = Vec::new();
-    for k in &graph.sinks {
-        let spec = catalog
-            .connector(&k.connector, Role::Sink)
-            .ok_or_else(|| RunError::Internal(format!("unknown sink connector {}", k.connector)))?;
-        let (sink, options) = match config.sinks.remove(&k.name) {
-            Some(s) => (s, Options::defaults(&k.name, spec)),
-            None => {
-                let options = Options::resolve(&k.name, spec, &k.options, &settings)?;
-                let sink = connectors::build_sink(&k.connector, &options)
-                    .map_err(|error| RunError::Connector { node: k.title.clone(), error })?;
-                (sink, options)
-            }
-        };
-        sinks.push((sink, Retry::from(&options)));
-    }
+    // Sources first: a source that cannot start (a port in use) must not let a sink truncate
+    // its output file first.
     let mut sources = Vec::new();
     for s in &graph.sources {
         let spec = catalog
@@ -144,6 +130,22 @@ pub async fn run(
         sources.push((source, options));
     }
 
+    let mut sinks = Vec::new();
+    for k in &graph.sinks {
+        let spec = catalog
+            .connector(&k.connector, Role::Sink)
+            .ok_or_else(|| RunError::Internal(format!("unknown sink connector {}", k.connector)))?;
+        let (sink, options) = match config.sinks.remove(&k.name) {
+            Some(s) => (s, Options::defaults(&k.name, spec)),
+            None => {
+                let options = Options::resolve(&k.name, spec, &k.options, &settings)?;
+                let sink = connectors::build_sink(&k.connector, &options)
+                    .map_err(|error| RunError::Connector { node: k.title.clone(), error })?;
+                (sink, options)
+            }
+        };
+        sinks.push((sink, Retry::from(&options)));
+    }
     let (sink_tx, sink_rx): (Vec<_>, Vec<_>) =
         graph.sinks.iter().map(|_| mpsc::channel::<SinkBatch>(SINK_QUEUE)).unzip();
     // Each task holds senders only for the sinks it can reach, so a sink's queue closes once

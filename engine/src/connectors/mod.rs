@@ -110,7 +110,11 @@ impl SourceContext {
         }
         self.stats.events_in.inc_by((batch.len() + batch.rejected.len()) as u64);
         self.stats.bytes_in.inc_by(batch.bytes() as u64);
-        self.tx.send(batch).await.map_err(|_| Stopped)
+        self.tx.send(batch).await.map_err(|failed| {
+            // The workers are gone: whoever waits on this batch must not think it delivered.
+            failed.0.ack.fail("the flow stopped before the events were processed");
+            Stopped
+        })
     }
 
     /// Resolves when the flow is asked to stop: finish the current batch and return.

@@ -3,6 +3,7 @@
 mod run;
 
 pub use run::GenerateSource;
+pub(crate) use run::write_record;
 
 use super::{source_metadata, source_options, with};
 use phoenix_dsl::catalog::{ConnectorSpec, OptionSpec, OptionType, Role};

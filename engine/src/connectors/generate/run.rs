@@ -80,7 +80,7 @@ const WORDS: &[&str] = &[
     "yankee", "zulu",
 ];
 
-fn write_record(out: &mut Vec<u8>, record: &Record, rng: &mut fastrand::Rng, depth: usize) {
+pub(crate) fn write_record(out: &mut Vec<u8>, record: &Record, rng: &mut fastrand::Rng, depth: usize) {
     out.push(b'{');
     let mut first = true;
     for f in &record.fields {

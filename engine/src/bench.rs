@@ -1,0 +1,201 @@
+//! `phoenix bench`: the shipped throughput benchmark (DESIGN §6).
+//!
+//! Generates `events` JSON events of about 150 bytes into a file, then runs
+//! `file → where → select → route (3 ways) → 3 files` on the real engine and reports events/s,
+//! MB/s, CPU seconds, events per CPU-second and peak RSS. Peak memory must not grow with the
+//! input: run it with 1M and 10M events and compare.
+
+use crate::EngineCatalog;
+use crate::connectors::generate::write_record;
+use crate::metrics::Metrics;
+use crate::run::{RunConfig, run};
+use crate::taskgraph::{TaskGraph, node_labels};
+use phoenix_dsl::MemoryLoader;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The benchmark flow. `path` options are set per run.
+pub const FLOW: &str = r#"// phoenix bench: file -> where -> select -> route (3 ways) -> files
+schema Event {
+  id: int,
+  user: string,
+  country: string,
+  status: string,
+  amount: float,
+  items: int,
+  ts: timestamp,
+  session: string,
+}
+
+source events = file { path = "events.jsonl", format = ndjson } as Event
+sink large = file { path = "large.jsonl", append = false }
+sink medium = file { path = "medium.jsonl", append = false }
+sink small = file { path = "small.jsonl", append = false }
+
+events
+  | where status != 'charlie-0' and amount >= 1.0
+  | select id, user, country, amount * 1.19 as gross, items, ts
+  | route {
+      when gross > 800 => large,
+      when gross > 300 => medium,
+      else => small,
+    }
+"#;
+
+#[derive(Debug)]
+pub struct Report {
+    pub events: u64,
+    pub input_bytes: u64,
+    pub written: u64,
+    pub wall: Duration,
+    pub cpu: Option<Duration>,
+    pub peak_rss_kib: Option<u64>,
+    pub workers: usize,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.wall.as_secs_f64().max(1e-9);
+        writeln!(f, "phoenix bench: file -> where -> select -> route (3 ways) -> 3 files")?;
+        writeln!(f, "machine:       {} cores, {}", cores(), cpu_model())?;
+        writeln!(f, "workers:       {}", self.workers)?;
+        writeln!(
+            f,
+            "events:        {} in ({:.1} MB, {:.0} bytes/event), {} written",
+            self.events,
+            self.input_bytes as f64 / 1e6,
+            self.input_bytes as f64 / self.events.max(1) as f64,
+            self.written
+        )?;
+        writeln!(f, "wall time:     {secs:.3} s")?;
+        writeln!(
+            f,
+            "throughput:    {:.0} events/s, {:.1} MB/s",
+            self.events as f64 / secs,
+            self.input_bytes as f64 / 1e6 / secs
+        )?;
+        match self.cpu {
+            Some(cpu) => {
+                let c = cpu.as_secs_f64().max(1e-9);
+                writeln!(f, "cpu time:      {c:.3} s ({:.2} cores busy)", c / secs)?;
+                writeln!(f, "per core:      {:.0} events per CPU-second", self.events as f64 / c)?;
+            }
+            None => writeln!(f, "cpu time:      n/a (no /proc on this system)")?,
+        }
+        match self.peak_rss_kib {
+            Some(kib) => writeln!(f, "peak RSS:      {:.1} MiB", kib as f64 / 1024.0),
+            None => writeln!(f, "peak RSS:      n/a"),
+        }
+    }
+}
+
+/// Write `events` generated events to `path`; returns the bytes written.
+pub fn generate_input(path: &Path, events: u64, seed: u64) -> std::io::Result<u64> {
+    let catalog = EngineCatalog::new();
+    let record = flow_record(&catalog);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let mut line = Vec::with_capacity(256);
+    let mut bytes = 0;
+    for _ in 0..events {
+        line.clear();
+        write_record(&mut line, &record, &mut rng, 0);
+        line.push(b'\n');
+        bytes += line.len() as u64 - 1;
+        out.write_all(&line)?;
+    }
+    out.flush()?;
+    Ok(bytes)
+}
+
+fn flow_record(catalog: &EngineCatalog) -> Arc<phoenix_dsl::types::Record> {
+    let loader = MemoryLoader::new([("bench.phx".to_string(), FLOW.as_bytes().to_vec())]);
+    let c = phoenix_dsl::compile("bench.phx", &loader, catalog);
+    let flow = c.flow.expect("the bench flow parses");
+    let source = flow.graph.node_indices().next().expect("a source");
+    flow.graph[source].output.record.clone()
+}
+
+/// Generate the input in `dir`, run the flow, report.
+pub async fn run_bench(dir: &Path, events: u64, workers: usize) -> anyhow::Result<Report> {
+    let catalog = EngineCatalog::new();
+    let input = dir.join("events.jsonl");
+    let input_bytes = generate_input(&input, events, 42)?;
+    let loader = MemoryLoader::new([("bench.phx".to_string(), FLOW.as_bytes().to_vec())]);
+    let c = phoenix_dsl::compile("bench.phx", &loader, &catalog);
+    anyhow::ensure!(!c.has_errors(), "bench flow: {}", c.render(false));
+    let plan = c.plan(&catalog).ok_or_else(|| anyhow::anyhow!("bench flow does not lower"))?;
+    let metrics = Arc::new(Metrics::new(node_labels(&plan, &c.sources)));
+    let graph = TaskGraph::build(&plan, &c.sources, &metrics)?;
+    let mut config = RunConfig::new(workers);
+    let set = |node: &str, p: PathBuf| ((node.to_string(), "path".to_string()), p.display().to_string());
+    config.settings.overrides.extend([
+        set("events", input.clone()),
+        set("large", dir.join("large.jsonl")),
+        set("medium", dir.join("medium.jsonl")),
+        set("small", dir.join("small.jsonl")),
+    ]);
+    let cpu_before = cpu_time();
+    let started = Instant::now();
+    run(graph, &catalog, metrics.clone(), config).await?;
+    let wall = started.elapsed();
+    let cpu = cpu_time().zip(cpu_before).map(|(a, b)| a.saturating_sub(b));
+    let written = metrics.nodes.iter().filter(|n| n.title.starts_with("sink ")).map(|n| n.events_out.get()).sum();
+    Ok(Report { events, input_bytes, written, wall, cpu, peak_rss_kib: peak_rss_kib(), workers })
+}
+
+/// User + system CPU time of this process, from /proc/self/stat (Linux).
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // The kernel's USER_HZ is 100 on every Linux architecture we run on.
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// Peak resident set size (VmHWM) in KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bench_runs_and_accounts_for_every_event() {
+        let dir = std::env::temp_dir().join(format!("phoenix-bench-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let report = run_bench(&dir, 20_000, 2).await.unwrap();
+        let lines = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap().lines().count() as u64;
+        let out = lines("large.jsonl") + lines("medium.jsonl") + lines("small.jsonl");
+        assert_eq!(out, report.written);
+        // The filter drops some events and keeps most.
+        assert!(out < 20_000 && out > 15_000, "{out}");
+        let avg = report.input_bytes / report.events;
+        assert!((120..=200).contains(&avg), "events are meant to be ~150 bytes, got {avg}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
