@@ -74,7 +74,7 @@ enum Command {
         /// `node.option=value` overrides a connector option; `NAME=value` answers `env("NAME")`.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
-        /// Decode-and-process tasks per source (default: one per core).
+        /// Decode-and-process tasks per source (default: one per core, less one).
         #[arg(long)]
         workers: Option<usize>,
         /// Where to serve /health and /metrics (`off` to disable).
@@ -100,7 +100,7 @@ enum Command {
     /// Print the task graph a flow compiles to: tasks, fused stages, queues, parallelism.
     Explain {
         flow: String,
-        /// Workers per source to show (default: one per core).
+        /// Workers per source to show (default: one per core, less one).
         #[arg(long)]
         workers: Option<usize>,
     },
@@ -110,7 +110,7 @@ enum Command {
         /// How many events to generate.
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
-        /// Workers per source (default: one per core).
+        /// Workers per source (default: one per core, less one).
         #[arg(long)]
         workers: Option<usize>,
         /// Where to write input and output files (default: a fresh temporary directory, removed

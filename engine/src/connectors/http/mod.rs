@@ -28,7 +28,7 @@ pub fn source_spec() -> ConnectorSpec {
                 name: "remote",
                 ty: Ty::String,
                 optional: true,
-                doc: "Address of the client that sent the event.",
+                doc: "Address of the client that sent the event (`ip:port`).",
             }],
         ),
     }
