@@ -914,15 +914,8 @@ impl Builder {
         let span = self.span(&p);
         let text = p.as_str().to_string();
         let (digits, unit) = digits_and_unit(p);
-        let scale: u64 = match unit {
-            "ns" => 1,
-            "us" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            _ => 86_400_000_000_000,
-        };
+        // The grammar admits only the units the table knows.
+        let scale = crate::types::duration_unit_ns(unit).unwrap_or(1);
         match digits.checked_mul(scale).and_then(|n| i64::try_from(n).ok()) {
             Some(n) => Literal::Duration(n, text),
             None => {
@@ -940,15 +933,7 @@ impl Builder {
         let span = self.span(&p);
         let text = p.as_str().to_string();
         let (digits, unit) = digits_and_unit(p);
-        let scale: u64 = match unit {
-            "B" => 1,
-            "KB" => 1_000,
-            "MB" => 1_000_000,
-            "GB" => 1_000_000_000,
-            "KiB" => 1 << 10,
-            "MiB" => 1 << 20,
-            _ => 1 << 30,
-        };
+        let scale = crate::types::size_unit_bytes(unit).unwrap_or(1);
         match digits.checked_mul(scale).filter(|n| i64::try_from(*n).is_ok()) {
             Some(n) => Literal::Size(n, text),
             None => {

@@ -192,3 +192,31 @@ pub fn dead_letter_record() -> Arc<Record> {
 pub fn dead_letter_stream() -> StreamType {
     StreamType { record: dead_letter_record(), open: false, metadata: Arc::new(Record::default()) }
 }
+
+/// Nanoseconds in one duration unit (`ms` → 1_000_000): the units of duration literals.
+pub fn duration_unit_ns(unit: &str) -> Option<u64> {
+    Some(match unit {
+        "ns" => 1,
+        "us" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        "d" => 86_400_000_000_000,
+        _ => return None,
+    })
+}
+
+/// Bytes in one size unit (`MiB` → 1_048_576): the units of size literals.
+pub fn size_unit_bytes(unit: &str) -> Option<u64> {
+    Some(match unit {
+        "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return None,
+    })
+}

@@ -3,6 +3,7 @@
 
 use phoenix_dsl::catalog::{ConnectorSpec, OptionType};
 use phoenix_dsl::plan::graph::OptionValue;
+use phoenix_dsl::types::{duration_unit_ns, size_unit_bytes};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -67,7 +68,7 @@ impl Options {
             let over = settings.overrides.get(&(node.to_string(), o.name.to_string()));
             let value = match (over, written.iter().find(|(n, _)| n == o.name)) {
                 (Some(text), _) => Some(parse(text, &o.ty).map_err(|m| invalid(o.name, m))?),
-                (None, Some((_, v))) => resolve_env(v, &o.ty, settings).map_err(|m| invalid(o.name, m))?,
+                (None, Some((_, v))) => Some(resolve_env(v, &o.ty, settings).map_err(|m| invalid(o.name, m))?),
                 (None, None) => None,
             };
             let value = match value {
@@ -171,30 +172,23 @@ impl Options {
     }
 }
 
-fn resolve_env(v: &OptionValue, ty: &OptionType, settings: &Settings) -> Result<Option<OptionValue>, String> {
-    Ok(Some(match v {
-        OptionValue::Env { name, default } => match settings.env(name) {
-            Some(text) => parse(&text, ty).map_err(|m| format!("from env `{name}`: {m}"))?,
-            None => match default {
-                Some(d) => resolve_env(d, ty, settings)?.ok_or("empty default")?,
-                None => return Err(format!("environment variable `{name}` is not set and has no default")),
-            },
+fn resolve_env(v: &OptionValue, ty: &OptionType, settings: &Settings) -> Result<OptionValue, String> {
+    Ok(match v {
+        OptionValue::Env { name, default } => match (settings.env(name), default) {
+            (Some(text), _) => parse(&text, ty).map_err(|m| format!("from env `{name}`: {m}"))?,
+            (None, Some(d)) => resolve_env(d, ty, settings)?,
+            (None, None) => return Err(format!("environment variable `{name}` is not set and has no default")),
         },
-        OptionValue::Secret(inner) => return resolve_env(inner, ty, settings),
-        OptionValue::List(items) => OptionValue::List(
-            items
-                .iter()
-                .map(|i| {
-                    let inner = match ty {
-                        OptionType::List(t) => t,
-                        t => t,
-                    };
-                    resolve_env(i, inner, settings).map(|x| x.unwrap_or(OptionValue::Bool(false)))
-                })
-                .collect::<Result<_, _>>()?,
-        ),
+        OptionValue::Secret(inner) => resolve_env(inner, ty, settings)?,
+        OptionValue::List(items) => {
+            let item_ty = match ty {
+                OptionType::List(t) => t.as_ref(),
+                t => t,
+            };
+            OptionValue::List(items.iter().map(|i| resolve_env(i, item_ty, settings)).collect::<Result<_, _>>()?)
+        }
         other => other.clone(),
-    }))
+    })
 }
 
 /// Parse option text (a default, an env value, a `--set` value) as `ty`.
@@ -229,35 +223,19 @@ fn split_unit(t: &str) -> (&str, &str) {
 }
 
 pub fn parse_duration(t: &str) -> Result<i64, String> {
+    let bad = || format!("`{t}` is not a duration (like 250ms, 5s)");
     let (digits, unit) = split_unit(t);
-    let n: i64 = digits.replace('_', "").parse().map_err(|_| format!("`{t}` is not a duration (like 250ms, 5s)"))?;
-    let scale: i64 = match unit {
-        "ns" => 1,
-        "us" => 1_000,
-        "ms" => 1_000_000,
-        "s" => 1_000_000_000,
-        "m" => 60_000_000_000,
-        "h" => 3_600_000_000_000,
-        "d" => 86_400_000_000_000,
-        "" if n == 0 => 1,
-        _ => return Err(format!("`{t}` is not a duration (like 250ms, 5s)")),
-    };
-    n.checked_mul(scale).ok_or_else(|| format!("duration `{t}` is too long"))
+    let n: u64 = digits.replace('_', "").parse().map_err(|_| bad())?;
+    // A bare 0 needs no unit.
+    let scale = if unit.is_empty() && n == 0 { 1 } else { duration_unit_ns(unit).ok_or_else(bad)? };
+    n.checked_mul(scale).and_then(|ns| i64::try_from(ns).ok()).ok_or_else(|| format!("duration `{t}` is too long"))
 }
 
 pub fn parse_size(t: &str) -> Result<u64, String> {
+    let bad = || format!("`{t}` is not a size (like 512KiB, 10MiB)");
     let (digits, unit) = split_unit(t);
-    let n: u64 = digits.replace('_', "").parse().map_err(|_| format!("`{t}` is not a size (like 10MiB)"))?;
-    let scale: u64 = match unit {
-        "" | "B" => 1,
-        "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        _ => return Err(format!("`{t}` is not a size (like 512KiB, 10MiB)")),
-    };
+    let n: u64 = digits.replace('_', "").parse().map_err(|_| bad())?;
+    let scale = if unit.is_empty() { 1 } else { size_unit_bytes(unit).ok_or_else(bad)? };
     n.checked_mul(scale).ok_or_else(|| format!("size `{t}` is too large"))
 }
 

@@ -354,20 +354,24 @@ impl SinkRunner {
                     Err(_) => break,
                 }
             }
-            let mut written = 0;
+            // Batches whose write succeeded; only these depend on the flush.
+            let mut written = Vec::with_capacity(group.len());
             for i in 0..group.len() {
                 self.stats.events_in.inc_by(group[i].len() as u64);
                 match self.attempt(&group, Step::Write(i)).await {
-                    Ok(()) => written += group[i].len(),
+                    Ok(()) => written.push(i),
                     Err((error, attempts)) => self.dead_letter(&group[i], error, attempts, &logged).await,
                 }
             }
-            if let Err((error, attempts)) = self.attempt(&group, Step::Flush).await {
-                for b in &group {
-                    self.dead_letter(b, error.clone(), attempts, &logged).await;
+            match self.attempt(&group, Step::Flush).await {
+                Ok(()) => {
+                    self.stats.events_out.inc_by(written.iter().map(|&i| group[i].len() as u64).sum());
                 }
-            } else {
-                self.stats.events_out.inc_by(written as u64);
+                Err((error, attempts)) => {
+                    for &i in &written {
+                        self.dead_letter(&group[i], error.clone(), attempts, &logged).await;
+                    }
+                }
             }
             // Dropping the batches acknowledges them.
             group.clear();

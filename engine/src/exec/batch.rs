@@ -89,6 +89,16 @@ impl SinkBatch {
         self.payloads.is_empty()
     }
 
+    /// The events as NDJSON: each payload and a newline, in one buffer (one write per batch).
+    pub fn ndjson(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.payloads.value_data().len() + self.len());
+        for i in 0..self.len() {
+            out.extend_from_slice(self.payloads.value(i));
+            out.push(b'\n');
+        }
+        out
+    }
+
     pub fn field(&self, name: &str) -> Option<&ArrayRef> {
         self.fields.iter().find(|(n, _)| n == name).map(|(_, a)| a)
     }

@@ -4,7 +4,6 @@
 use crate::connectors::{BoxFuture, ConnectorError, Sink, WriteError};
 use crate::exec::batch::SinkBatch;
 use crate::options::Options;
-use arrow::array::Array;
 use tokio::io::{AsyncWriteExt, BufWriter};
 
 #[derive(Debug)]
@@ -36,12 +35,8 @@ impl FileSink {
 impl Sink for FileSink {
     fn write<'a>(&'a mut self, batch: &'a SinkBatch) -> BoxFuture<'a, Result<(), WriteError>> {
         Box::pin(async move {
-            let err = |e: std::io::Error| WriteError::Retryable(format!("writing `{}`: {e}", self.path));
-            for i in 0..batch.payloads.len() {
-                self.out.write_all(batch.payloads.value(i)).await.map_err(err)?;
-                self.out.write_all(b"\n").await.map_err(err)?;
-            }
-            Ok(())
+            let lines = batch.ndjson();
+            self.out.write_all(&lines).await.map_err(|e| WriteError::Retryable(format!("writing `{}`: {e}", self.path)))
         })
     }
 

@@ -41,20 +41,23 @@ impl StdoutSink {
 impl Sink for StdoutSink {
     fn write<'a>(&'a mut self, batch: &'a SinkBatch) -> BoxFuture<'a, Result<(), WriteError>> {
         Box::pin(async move {
-            let err = |e: std::io::Error| WriteError::Retryable(format!("writing standard output: {e}"));
-            for i in 0..batch.payloads.len() {
-                let payload = batch.payloads.value(i);
-                if self.pretty {
-                    let pretty = serde_json::from_slice::<serde_json::Value>(payload)
+            let text = if self.pretty {
+                let mut out = Vec::new();
+                for i in 0..batch.payloads.len() {
+                    let payload = batch.payloads.value(i);
+                    match serde_json::from_slice::<serde_json::Value>(payload)
                         .and_then(|v| serde_json::to_vec_pretty(&v))
-                        .unwrap_or_else(|_| payload.to_vec());
-                    self.out.write_all(&pretty).await.map_err(err)?;
-                } else {
-                    self.out.write_all(payload).await.map_err(err)?;
+                    {
+                        Ok(pretty) => out.extend_from_slice(&pretty),
+                        Err(_) => out.extend_from_slice(payload),
+                    }
+                    out.push(b'\n');
                 }
-                self.out.write_all(b"\n").await.map_err(err)?;
-            }
-            Ok(())
+                out
+            } else {
+                batch.ndjson()
+            };
+            self.out.write_all(&text).await.map_err(|e| WriteError::Retryable(format!("writing standard output: {e}")))
         })
     }
 
