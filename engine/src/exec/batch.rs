@@ -91,12 +91,18 @@ impl SinkBatch {
 
     /// The events as NDJSON: each payload and a newline, in one buffer (one write per batch).
     pub fn ndjson(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.payloads.value_data().len() + self.len());
+        let mut out = Vec::new();
+        self.append_ndjson(&mut out);
+        out
+    }
+
+    /// Append each payload and a newline to `out`.
+    pub fn append_ndjson(&self, out: &mut Vec<u8>) {
+        out.reserve(self.payloads.value_data().len() + self.len());
         for i in 0..self.len() {
             out.extend_from_slice(self.payloads.value(i));
             out.push(b'\n');
         }
-        out
     }
 
     pub fn field(&self, name: &str) -> Option<&ArrayRef> {

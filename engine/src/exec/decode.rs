@@ -5,8 +5,10 @@
 //! `k` bad lines about `k·log n` small ones. Bad payloads become dead letters with the reason.
 
 use super::batch::{DeadLetter, RawBatch};
+use super::flat::FlatDecoder;
 use super::{RAW_COLUMN, runtime_schema};
-use arrow::array::{Array, ArrayRef, BinaryBuilder, Int64Array, RecordBatch, UInt32Array, new_null_array};
+use arrow::array::{Array, ArrayRef, BinaryViewBuilder, Int64Array, RecordBatch, UInt32Array, new_null_array};
+use arrow::buffer::Buffer;
 use arrow::compute::{concat_batches, take};
 use arrow::json::ReaderBuilder;
 use arrow_schema::{Schema, SchemaRef};
@@ -26,12 +28,16 @@ pub struct Decoder {
     node: String,
     /// The declared record, to explain failures in its terms.
     record: Arc<Record>,
+    /// The one-pass decoder, when every declared field is a scalar.
+    flat: Option<FlatDecoder>,
 }
 
 impl Decoder {
     pub fn new(stream: &StreamType, node: &str) -> Decoder {
+        let declared = Arc::new(Schema::new(stream.record.arrow_fields()));
         Decoder {
-            declared: Arc::new(Schema::new(stream.record.arrow_fields())),
+            flat: FlatDecoder::new(&declared),
+            declared,
             schema: runtime_schema(stream),
             meta: stream.metadata.fields.iter().map(|f| f.name.clone()).collect(),
             node: node.to_string(),
@@ -59,6 +65,15 @@ impl Decoder {
             .collect();
         if n == 0 {
             return (None, dead);
+        }
+        if let Some(declared) = self.flat.as_ref().and_then(|f| f.decode((0..n).map(|i| raw.payload(i)))) {
+            return match self.assemble(raw, declared, None) {
+                Ok(b) => (Some(b), dead),
+                Err(e) => {
+                    dead.extend(self.all_dead(raw, &format!("internal: {e}")));
+                    (None, dead)
+                }
+            };
         }
         let mut good: Vec<(Range<usize>, RecordBatch)> = Vec::new();
         let mut bad: Vec<(usize, String)> = Vec::new();
@@ -159,11 +174,19 @@ impl Decoder {
             None => Box::new(0..raw.len()),
         };
         let mut sizes = Vec::with_capacity(declared.num_rows());
-        let mut payloads = BinaryBuilder::with_capacity(declared.num_rows(), raw.bytes());
+        let mut payloads = BinaryViewBuilder::with_capacity(declared.num_rows());
+        // Views into the source's buffer (views address it with u32 offsets).
+        let block =
+            (raw.data.len() <= u32::MAX as usize).then(|| payloads.append_block(Buffer::from(raw.data.clone())));
         for i in rows {
             let span = &raw.spans[i];
             sizes.push(span.len() as i64);
-            payloads.append_value(&raw.data[span.clone()]);
+            match block {
+                Some(b) => {
+                    payloads.try_append_view(b, span.start as u32, span.len() as u32).map_err(|e| e.to_string())?
+                }
+                None => payloads.append_value(&raw.data[span.clone()]),
+            }
         }
         let take_rows = |a: &ArrayRef| -> Result<ArrayRef, String> {
             match kept {
@@ -271,7 +294,7 @@ mod tests {
         assert_eq!(b.column(0).as_primitive::<Int64Type>().values(), &[1, 2]);
         // @size is the payload length.
         assert_eq!(b.column(2).as_primitive::<Int64Type>().value(1), 9);
-        assert_eq!(b.column(3).as_binary::<i32>().value(1), br#"{"id": 2}"#);
+        assert_eq!(b.column(3).as_binary_view().value(1), br#"{"id": 2}"#);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! without `*` writes exactly its fields.
 
 use super::RAW_COLUMN;
-use arrow::array::{Array, ArrayBuilder, AsArray, BinaryArray, BinaryBuilder, RecordBatch};
+use arrow::array::{Array, ArrayBuilder, AsArray, BinaryArray, BinaryBuilder, BinaryViewArray, RecordBatch};
 use arrow::json::writer::LineDelimited;
 use arrow::json::{LineDelimitedWriter, WriterBuilder};
 use arrow_schema::ArrowError;
@@ -40,20 +40,28 @@ impl Encoder {
     }
 
     pub fn encode(&self, batch: &RecordBatch) -> Result<BinaryArray, ArrowError> {
-        let raw = || -> Result<BinaryArray, ArrowError> {
-            let col = batch
+        let raw = || -> Result<&BinaryViewArray, ArrowError> {
+            batch
                 .column_by_name(RAW_COLUMN)
-                .ok_or_else(|| ArrowError::SchemaError("batch without raw payloads".into()))?;
-            Ok(col.as_binary::<i32>().clone())
+                .and_then(|c| c.as_binary_view_opt())
+                .ok_or_else(|| ArrowError::SchemaError("batch without raw payloads".into()))
         };
         match self {
-            Encoder::Raw => raw(),
+            // The one copy of the original bytes on this path: sinks get contiguous payloads.
+            Encoder::Raw => {
+                let raw = raw()?;
+                let mut out = BinaryBuilder::with_capacity(raw.len(), raw.total_bytes_len());
+                for i in 0..raw.len() {
+                    out.append_value(raw.value(i));
+                }
+                Ok(out.finish())
+            }
             Encoder::Columns(fields) => json_lines(batch, fields),
             Encoder::Patch(fields) => {
                 let raw = raw()?;
                 let patches = json_lines(batch, fields)?;
                 let mut out =
-                    BinaryBuilder::with_capacity(raw.len(), raw.value_data().len() + patches.value_data().len());
+                    BinaryBuilder::with_capacity(raw.len(), raw.total_bytes_len() + patches.value_data().len());
                 for i in 0..raw.len() {
                     out.append_value(patch(raw.value(i), patches.value(i))?);
                 }
@@ -67,6 +75,9 @@ impl Encoder {
 fn json_lines(batch: &RecordBatch, fields: &[String]) -> Result<BinaryArray, ArrowError> {
     let indices: Vec<usize> = fields.iter().map(|f| batch.schema().index_of(f)).collect::<Result<_, _>>()?;
     let projected = batch.project(&indices)?;
+    if let Some(rows) = super::flat::write_rows(&projected) {
+        return Ok(rows);
+    }
     let mut buf = Vec::with_capacity(projected.num_rows() * 64);
     {
         let mut w: LineDelimitedWriter<&mut Vec<u8>> =
@@ -120,12 +131,12 @@ mod tests {
         let schema = Schema::new(vec![
             Field::new("id", DataType::Int64, true),
             Field::new("tag", DataType::Utf8, true),
-            Field::new(RAW_COLUMN, DataType::Binary, true),
+            Field::new(RAW_COLUMN, DataType::BinaryView, true),
         ]);
         let cols: Vec<ArrayRef> = vec![
             Arc::new(Int64Array::from(vec![Some(1), None])),
             Arc::new(StringArray::from(vec![Some("é\n"), Some("b")])),
-            Arc::new(BinaryArray::from(vec![&br#"{"z":0, "id":1,"keep":[1]}"#[..], &br#"{"id":null}"#[..]])),
+            Arc::new(BinaryViewArray::from(vec![&br#"{"z":0, "id":1,"keep":[1]}"#[..], &br#"{"id":null}"#[..]])),
         ];
         RecordBatch::try_new(Arc::new(schema), cols).unwrap()
     }

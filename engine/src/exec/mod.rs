@@ -5,6 +5,7 @@ pub mod ack;
 pub mod batch;
 pub mod decode;
 pub mod encode;
+pub mod flat;
 pub mod pipeline;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -12,7 +13,8 @@ use phoenix_dsl::types::StreamType;
 use std::sync::Arc;
 
 /// The hidden last column of every batch: each event's original bytes, so events no `select`
-/// reshaped reach sinks untouched (undeclared fields included) without re-encoding.
+/// reshaped reach sinks untouched (undeclared fields included) without re-encoding. A view
+/// array: it points into the buffer the source read, so decoding and filtering copy no payloads.
 pub const RAW_COLUMN: &str = "@@raw";
 
 /// The schema of batches on a stream: its declared fields and metadata (in the order the
@@ -21,6 +23,6 @@ pub const RAW_COLUMN: &str = "@@raw";
 pub fn runtime_schema(stream: &StreamType) -> SchemaRef {
     let typed = stream.arrow_schema();
     let mut fields: Vec<Field> = typed.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
-    fields.push(Field::new(RAW_COLUMN, DataType::Binary, true));
+    fields.push(Field::new(RAW_COLUMN, DataType::BinaryView, true));
     Arc::new(Schema::new(fields))
 }

@@ -13,7 +13,7 @@ use super::batch::{DeadLetter, SinkBatch};
 use super::encode::Encoder;
 use crate::metrics::NodeStats;
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, TimestampNanosecondArray};
-use arrow::array::{BinaryArray, Int64Array};
+use arrow::array::{BinaryViewArray, Int64Array};
 use arrow::compute::kernels::boolean::{and_not, not, or};
 use arrow::compute::{cast, filter_record_batch, prep_null_mask_filter};
 use arrow_schema::SchemaRef;
@@ -252,7 +252,7 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 pub fn raw_payload(batch: &RecordBatch, row: usize) -> Bytes {
-    match batch.column_by_name(RAW_COLUMN).and_then(|c| c.as_binary_opt::<i32>()) {
+    match batch.column_by_name(RAW_COLUMN).and_then(|c| c.as_binary_view_opt()) {
         Some(raw) if !raw.is_null(row) => Bytes::copy_from_slice(raw.value(row)),
         _ => Bytes::new(),
     }
@@ -294,7 +294,7 @@ pub fn dead_letter_batch(dead: &[DeadLetter], schema: &SchemaRef, now_ns: i64) -
         text(&|d| String::from_utf8_lossy(&d.payload).into_owned()),
         Arc::new(dead.iter().map(|d| d.attempts).collect::<Int64Array>()),
         Arc::new(TimestampNanosecondArray::from(vec![now_ns; dead.len()]).with_timezone("UTC")),
-        Arc::new(dead.iter().map(|d| Some(d.payload.as_ref())).collect::<BinaryArray>()),
+        Arc::new(dead.iter().map(|d| Some(d.payload.as_ref())).collect::<BinaryViewArray>()),
     ];
     RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())
 }
