@@ -1,4 +1,14 @@
 //! `elasticsearch`: bulk indexing with per-item retries and dead letters.
+//!
+//! [`bulk`] is the wire format (body builder, response classification), [`ElasticsearchSink`]
+//! the sink on the official client, [`test_server`] an in-process `_bulk` server with fault
+//! injection for the tests and `phoenix bench --sink elasticsearch`.
+
+pub mod bulk;
+mod sink;
+pub mod test_server;
+
+pub use sink::ElasticsearchSink;
 
 use super::{sink_options, with};
 use phoenix_dsl::catalog::{ConnectorSpec, OptionSpec, OptionType, Role};
