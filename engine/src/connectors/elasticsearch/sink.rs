@@ -68,7 +68,9 @@ impl ElasticsearchSink {
             let _ = url.set_username("");
             let _ = url.set_password(None);
         }
-        match (options.str("username"), options.str("password"), options.str("api_key")) {
+        // An empty value (`env("ES_API_KEY", "")` with the variable unset) means "not set".
+        let set = |name: &str| options.str(name).filter(|v| !v.is_empty());
+        match (set("username"), set("password"), set("api_key")) {
             (Some(_), _, Some(_)) => return Err(err("set either `username`/`password` or `api_key`, not both".into())),
             (Some(user), Some(password), None) => {
                 credentials = Some(Credentials::Basic(user.to_string(), password.to_string()));
