@@ -124,7 +124,7 @@ async fn hundred_thousand_events_indexed_once_or_dead_lettered() {
     let input = dir.join("events.jsonl");
     let mut text = String::with_capacity(N as usize * 70);
     for i in 0..N {
-        text += &format!("{{\"id\":\"e-{i}\",\"kind\":\"k{}\",\"n\":{i},\"bad\":{}}}\n", i % 3, i % 97 == 0);
+        text += &format!("{{\"id\":\"e-{i}\",\"kind\":\"k{}\",\"n\":{i},\"bad\":{}}}\n", i % 3, i.is_multiple_of(97));
     }
     std::fs::write(&input, text).unwrap();
     let stop = CancellationToken::new();
@@ -180,7 +180,7 @@ search.errors | dead
         assert!(dead_ids.insert(n), "dead-lettered twice: {d}");
         assert!(d["node"].as_str().unwrap().contains("search"), "{d}");
         let error = d["error"].as_str().unwrap();
-        if n % 97 == 0 {
+        if n.is_multiple_of(97) {
             assert!(error.contains("400 mapper_parsing_exception: failed to parse field [bad]"), "{d}");
             // Refused items are not retried; an earlier attempt may have been in a request that
             // failed as a whole.
@@ -197,7 +197,7 @@ search.errors | dead
             assert_eq!(d["attempts"], 5, "exhausted after max_attempts: {d}");
         }
     }
-    let refused = (0..N).filter(|n| n % 97 == 0).count();
+    let refused = (0..N).filter(|n| n.is_multiple_of(97)).count();
     assert!(
         first_try * 10 >= refused * 9,
         "refused items are dead-lettered on their first try: {first_try} of {refused}"
@@ -217,7 +217,7 @@ search.errors | dead
         indexed += docs.len() as u64;
     }
     for n in 0..N {
-        let expect_dead = n % 97 == 0 || n % 1000 == 7;
+        let expect_dead = n.is_multiple_of(97) || n % 1000 == 7;
         assert_eq!(dead_ids.contains(&n), expect_dead, "event {n}");
         if !expect_dead {
             assert!(es.get(&format!("k{}-index", n % 3), &format!("e-{n}")).is_some(), "event {n} lost");
@@ -251,9 +251,9 @@ async fn without_ids_only_failed_items_are_sent_again() {
     let es = test_server::spawn(stop.clone().cancelled_owned()).await.unwrap();
     es.set_item_faults(|item| {
         let n = item.source["n"].as_u64().unwrap_or(0);
-        if n % 501 == 0 {
+        if n.is_multiple_of(501) {
             Some(ItemFault::Mapping("failed to parse".into()))
-        } else if n % 7 == 0 && item.seen == 0 {
+        } else if n.is_multiple_of(7) && item.seen == 0 {
             Some(ItemFault::Rejected)
         } else {
             None
@@ -284,7 +284,7 @@ search.errors | dead
         dead_letters(&dir.join("dead.jsonl")).iter().map(|d| dead_event(d)["n"].as_u64().unwrap()).collect();
     for n in 0..N {
         let times = seen.get(&n).copied().unwrap_or(0);
-        if n % 501 == 0 {
+        if n.is_multiple_of(501) {
             assert!(times == 0 && dead.contains(&n), "event {n}: indexed {times}x, dead {}", dead.contains(&n));
         } else {
             assert_eq!(times, 1, "event {n} indexed {times} times");
