@@ -30,10 +30,7 @@ pub fn connectors_markdown(catalog: &EngineCatalog) -> String {
             let _ = writeln!(s, "### `{}` ({role})\n", c.name);
             let _ = writeln!(s, "{}\n", c.summary);
             if !runnable(c.name, role) {
-                let _ = writeln!(
-                    s,
-                    "*Checked today; runs once its connector lands (Kafka and SQS: issue 4).*\n"
-                );
+                let _ = writeln!(s, "*Checked today; runs once its connector lands (Kafka and SQS: issue 4).*\n");
             }
             let _ = writeln!(s, "| option | type | default | |\n|---|---|---|---|");
             for o in &c.options {
