@@ -105,8 +105,12 @@ enum Command {
         workers: Option<usize>,
     },
     /// Measure throughput: generated ~150-byte events through file → where → select → route →
-    /// 3 files. Prints events/s, MB/s, CPU seconds and peak RSS. Build with `--release`.
+    /// 3 files (or, with `--sink elasticsearch`, file → elasticsearch into an in-process `_bulk`
+    /// server). Prints events/s, MB/s, CPU seconds and peak RSS. Build with `--release`.
     Bench {
+        /// What the events are written to.
+        #[arg(long, value_enum, default_value_t = BenchSink::File)]
+        sink: BenchSink,
         /// How many events to generate.
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
@@ -126,6 +130,14 @@ enum Command {
         #[arg(long)]
         markdown: bool,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BenchSink {
+    /// file → where → select → route → 3 files.
+    File,
+    /// file → elasticsearch, against the `_bulk` test server on 127.0.0.1.
+    Elasticsearch,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -226,7 +238,7 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
             }
             Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
-        Command::Bench { events, workers, dir } => {
+        Command::Bench { sink, events, workers, dir } => {
             let (dir, cleanup) = match dir {
                 Some(d) => (d, false),
                 None => (std::env::temp_dir().join(format!("phoenix-bench-{}", std::process::id())), true),
@@ -235,8 +247,15 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
             if cfg!(debug_assertions) {
                 eprintln!("note: this is a debug build; measure with `cargo run --release -p phoenix-engine -- bench`");
             }
-            let report =
-                runtime()?.block_on(crate::bench::run_bench(&dir, events, workers.unwrap_or_else(default_workers)));
+            let workers = workers.unwrap_or_else(default_workers);
+            let report = match sink {
+                BenchSink::File => {
+                    runtime()?.block_on(crate::bench::run_bench(&dir, events, workers)).map(|r| r.to_string())
+                }
+                BenchSink::Elasticsearch => runtime()?
+                    .block_on(crate::bench_elasticsearch::run_bench(&dir, events, workers))
+                    .map(|r| r.to_string()),
+            };
             if cleanup {
                 let _ = std::fs::remove_dir_all(&dir);
             }

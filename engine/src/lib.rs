@@ -11,6 +11,7 @@ pub mod server;
 pub use catalog::EngineCatalog;
 pub use loader::FsLoader;
 pub mod bench;
+pub mod bench_elasticsearch;
 pub mod docs;
 pub mod exec;
 pub mod metrics;

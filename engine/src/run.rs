@@ -3,7 +3,9 @@
 //! write and flush what they hold).
 
 use crate::EngineCatalog;
-use crate::connectors::{self, ConnectorError, Sink, Source, SourceContext, WriteError};
+use crate::connectors::{
+    self, Batching, ConnectorError, ItemFailure, PartialFailure, Sink, Source, SourceContext, WriteError,
+};
 use crate::exec::ack::Ack;
 use crate::exec::batch::{DeadLetter, RawBatch, SinkBatch};
 use crate::exec::decode::Decoder;
@@ -11,7 +13,7 @@ use crate::exec::pipeline::{Emit, Pipeline, dead_letter_batch};
 use crate::metrics::{Metrics, NodeStats};
 use crate::options::{OptionError, Options, Settings};
 use crate::taskgraph::{TaskGraph, raw_queue};
-use arrow::array::Array;
+use arrow::array::{Array, BinaryArray, UInt32Array};
 use arrow_schema::SchemaRef;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use phoenix_dsl::catalog::{Catalog, Role};
@@ -90,6 +92,12 @@ impl Retry {
             min: o.duration("backoff_min").unwrap_or(Duration::from_millis(100)),
             max: o.duration("backoff_max").unwrap_or(Duration::from_secs(30)),
         }
+    }
+
+    /// The delay before attempt `attempt + 1` of events tried `attempt` times.
+    fn delay(&self, attempt: u64) -> Duration {
+        let n = attempt.clamp(1, 64) as usize - 1;
+        self.delays().nth(n).unwrap_or(self.max)
     }
 
     fn delays(&self) -> backon::ExponentialBackoff {
@@ -320,8 +328,16 @@ fn unhandled(dead: &[DeadLetter], stats: &NodeStats, logged: &AtomicU64) {
     }
 }
 
-/// Owns one sink: writes batches in order, retries with backoff, dead-letters what cannot be
-/// written, acknowledges (by dropping) what was flushed.
+/// Owns one sink: gathers its input into groups (the sink's [`Batching`]), writes and flushes
+/// each group, retries what failed with backoff, dead-letters what cannot be written, and
+/// acknowledges (by dropping) what was flushed.
+///
+/// A failure can be whole (the write or flush as a unit: it is tried again as it is) or partial
+/// (some events of a flush, [`WriteError::Partial`]): then the failed events are cut out of
+/// their batches (sharing the batch's acknowledgement), the fatal ones are dead-lettered with
+/// their own error, and the retryable ones are written again on their own after a backoff, each
+/// with its own attempt count. A source position is acknowledged once each of its events is
+/// flushed or dead-lettered.
 struct SinkRunner {
     title: String,
     sink: Box<dyn Sink>,
@@ -334,75 +350,194 @@ struct SinkRunner {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Step {
-    Write(usize),
+enum Step<'a> {
+    Write(&'a SinkBatch),
     Flush,
 }
 
-/// How many queued batches a sink writes before one flush.
-const SINK_GROUP: usize = 32;
+/// Events on their way into the sink, how many times the sink was given them, and why the last
+/// time failed.
+struct Part {
+    batch: SinkBatch,
+    attempts: u64,
+    error: String,
+}
+
+/// How a write or flush failed once its whole-step retries are over.
+enum Failure {
+    /// The step as a whole: its last error and how many times it was tried.
+    Whole(WriteError, u64),
+    /// Some of its events; the sink holds none of them.
+    Partial(PartialFailure),
+}
 
 impl SinkRunner {
     async fn run(mut self, mut rx: mpsc::Receiver<SinkBatch>) {
         let logged = AtomicU64::new(0);
-        let mut group = Vec::with_capacity(SINK_GROUP);
-        while let Some(first) = rx.recv().await {
-            group.push(first);
-            while group.len() < SINK_GROUP {
-                match rx.try_recv() {
-                    Ok(b) => group.push(b),
-                    Err(_) => break,
+        let shape = self.sink.batching();
+        let mut carry = None;
+        while let Some(group) = gather(&mut rx, &shape, &mut carry, &self.stats).await {
+            let mut parts: Vec<Part> =
+                group.into_iter().map(|batch| Part { batch, attempts: 0, error: String::new() }).collect();
+            while !parts.is_empty() {
+                parts = self.round(parts, &logged).await;
+                if !parts.is_empty() {
+                    self.pause(&parts).await;
                 }
             }
-            // Batches whose write succeeded; only these depend on the flush.
-            let mut written = Vec::with_capacity(group.len());
-            for i in 0..group.len() {
-                self.stats.events_in.inc_by(group[i].len() as u64);
-                match self.attempt(&group, Step::Write(i)).await {
-                    Ok(()) => written.push(i),
-                    Err((error, attempts)) => self.dead_letter(&group[i], error, attempts, &logged).await,
-                }
-            }
-            match self.attempt(&group, Step::Flush).await {
-                Ok(()) => {
-                    self.stats.events_out.inc_by(written.iter().map(|&i| group[i].len() as u64).sum());
-                }
-                Err((error, attempts)) => {
-                    for &i in &written {
-                        self.dead_letter(&group[i], error.clone(), attempts, &logged).await;
-                    }
-                }
-            }
-            // Dropping the batches acknowledges them.
-            group.clear();
         }
     }
 
-    /// Try a write or flush until it succeeds or the policy gives up; `Err` carries the last
-    /// error and the number of attempts.
-    async fn attempt(&mut self, group: &[SinkBatch], step: Step) -> Result<(), (WriteError, u64)> {
+    /// Write every part, flush, and settle what failed; returns the events to write again.
+    async fn round(&mut self, parts: Vec<Part>, logged: &AtomicU64) -> Vec<Part> {
+        let mut again = Vec::new();
+        // What the sink holds after the writes, in write order: flush failures index into it.
+        let mut written: Vec<Part> = Vec::with_capacity(parts.len());
+        for part in parts {
+            match self.attempt(Step::Write(&part.batch)).await {
+                Ok(()) => written.push(part),
+                Err(Failure::Whole(error, n)) => {
+                    let rows = (0..part.batch.len()).map(|r| (r, error.to_string())).collect();
+                    self.dead_letter(&part.batch, rows, part.attempts + n, logged).await;
+                }
+                Err(Failure::Partial(p)) => {
+                    let mut failed = vec![false; part.batch.len()];
+                    for i in &p.items {
+                        if let Some(f) = failed.get_mut(i.index) {
+                            *f = true;
+                        }
+                    }
+                    let kept: Vec<usize> = (0..failed.len()).filter(|&r| !failed[r]).collect();
+                    if !kept.is_empty() {
+                        let batch = take_rows(&part.batch, &kept);
+                        written.push(Part { batch, attempts: part.attempts, error: part.error.clone() });
+                    }
+                    self.settle(&part, p.items, &mut again, logged).await;
+                }
+            }
+        }
+        if written.is_empty() {
+            return again;
+        }
+        let total: usize = written.iter().map(|p| p.batch.len()).sum();
+        match self.attempt(Step::Flush).await {
+            Ok(()) => {
+                self.stats.events_out.inc_by(total as u64);
+            }
+            Err(Failure::Whole(error, n)) => {
+                for part in &written {
+                    let rows = (0..part.batch.len()).map(|r| (r, error.to_string())).collect();
+                    self.dead_letter(&part.batch, rows, part.attempts + n, logged).await;
+                }
+            }
+            Err(Failure::Partial(p)) => {
+                // Map each failed position back to its part and row.
+                let starts: Vec<usize> = written
+                    .iter()
+                    .scan(0, |at, part| {
+                        let start = *at;
+                        *at += part.batch.len();
+                        Some(start)
+                    })
+                    .collect();
+                let mut by_part: Vec<Vec<ItemFailure>> = vec![Vec::new(); written.len()];
+                let mut seen = vec![false; total];
+                for mut item in p.items {
+                    if item.index >= total || std::mem::replace(&mut seen[item.index], true) {
+                        error!(sink = %self.title, index = item.index, "the sink reported a failure for an event it was not given");
+                        continue;
+                    }
+                    let k = starts.partition_point(|&s| s <= item.index) - 1;
+                    item.index -= starts[k];
+                    by_part[k].push(item);
+                }
+                let failed: usize = by_part.iter().map(Vec::len).sum();
+                self.stats.events_out.inc_by((total - failed) as u64);
+                for (part, items) in written.iter().zip(by_part) {
+                    if !items.is_empty() {
+                        self.settle(part, items, &mut again, logged).await;
+                    }
+                }
+            }
+        }
+        again
+    }
+
+    /// Decide the fate of the failed events of `part`: fatal ones and retryable ones whose
+    /// attempts are used up (with `.errors` wired, or while stopping) are dead-lettered; the
+    /// others are cut into a new part to write again.
+    async fn settle(&mut self, part: &Part, items: Vec<ItemFailure>, again: &mut Vec<Part>, logged: &AtomicU64) {
+        let attempts = part.attempts + 1;
+        let exhausted = self.retry.max_attempts > 0 && attempts >= self.retry.max_attempts;
+        let give_up =
+            (exhausted && !self.errors.is_empty()) || (self.shutdown.is_cancelled() && (exhausted || attempts >= 3));
+        let mut dead = Vec::new();
+        let mut retry = Vec::new();
+        let mut error = String::new();
+        for item in items.into_iter().filter(|i| i.index < part.batch.len()) {
+            if item.retryable && !give_up {
+                retry.push(item.index);
+                if error.is_empty() {
+                    error = item.error;
+                }
+            } else {
+                dead.push((item.index, item.error));
+            }
+        }
+        if !retry.is_empty() {
+            self.stats.retries.inc();
+            again.push(Part { batch: take_rows(&part.batch, &retry), attempts, error });
+        }
+        if !dead.is_empty() {
+            self.dead_letter(&part.batch, dead, attempts, logged).await;
+        }
+    }
+
+    /// Wait before writing failed events again (shorter if the flow is stopping), and say why.
+    async fn pause(&mut self, parts: &[Part]) {
+        let attempts = parts.iter().map(|p| p.attempts).max().unwrap_or(1);
+        let events: usize = parts.iter().map(|p| p.batch.len()).sum();
+        let error = parts.iter().map(|p| p.error.as_str()).find(|e| !e.is_empty()).unwrap_or("");
+        let delay = self.retry.delay(attempts);
+        if self.retry.max_attempts > 0 && attempts >= self.retry.max_attempts {
+            error!(sink = %self.title, events, attempts, %error,
+                "retries exhausted and `.errors` is not wired: holding the events and retrying \
+                 (sources are slowed, nothing is acknowledged or dropped); wire `.errors` to dead-letter them");
+        } else {
+            warn!(sink = %self.title, events, attempt = attempts, %error, retry_in = ?delay,
+                "events failed; retrying them alone");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = self.shutdown.cancelled(), if !self.shutdown.is_cancelled() => {}
+        }
+    }
+
+    /// Try a write or flush until it succeeds, fails partially, or the policy gives up on it.
+    async fn attempt(&mut self, step: Step<'_>) -> Result<(), Failure> {
         let mut delays = self.retry.delays();
         let mut attempts = 0;
         let mut warned_stuck = false;
         loop {
             attempts += 1;
             let result = match step {
-                Step::Write(i) => self.sink.write(&group[i]).await,
+                Step::Write(batch) => self.sink.write(batch).await,
                 Step::Flush => self.sink.flush().await,
             };
             let error = match result {
                 Ok(()) => return Ok(()),
-                Err(e @ WriteError::Fatal(_)) => return Err((e, attempts)),
+                Err(WriteError::Partial(p)) => return Err(Failure::Partial(p)),
+                Err(e @ WriteError::Fatal(_)) => return Err(Failure::Whole(e, attempts)),
                 Err(e) => e,
             };
             self.stats.retries.inc();
             let exhausted = self.retry.max_attempts > 0 && attempts >= self.retry.max_attempts;
             if exhausted && !self.errors.is_empty() {
-                return Err((error, attempts));
+                return Err(Failure::Whole(error, attempts));
             }
             if self.shutdown.is_cancelled() && (exhausted || attempts >= 3) {
                 // Stopping and the sink is still down: report, don't hang.
-                return Err((error, attempts));
+                return Err(Failure::Whole(error, attempts));
             }
             let delay = delays.next().unwrap_or(self.retry.max);
             if exhausted && !warned_stuck {
@@ -420,19 +555,23 @@ impl SinkRunner {
         }
     }
 
-    async fn dead_letter(&mut self, b: &SinkBatch, error: WriteError, attempts: u64, logged: &AtomicU64) {
-        let dead: Vec<DeadLetter> = (0..b.payloads.len())
-            .map(|i| DeadLetter {
-                error: error.to_string(),
+    /// Dead-letter rows of `b`, each with its error; without `.errors` the source is told they
+    /// were not delivered.
+    async fn dead_letter(&mut self, b: &SinkBatch, rows: Vec<(usize, String)>, attempts: u64, logged: &AtomicU64) {
+        let Some(first) = rows.first().map(|(_, e)| e.clone()) else { return };
+        let dead: Vec<DeadLetter> = rows
+            .into_iter()
+            .map(|(r, error)| DeadLetter {
+                error,
                 node: self.title.clone(),
-                payload: bytes::Bytes::copy_from_slice(b.payloads.value(i)),
+                payload: bytes::Bytes::copy_from_slice(b.payloads.value(r)),
                 attempts: attempts as i64,
             })
             .collect();
         self.stats.errors.inc_by(dead.len() as u64);
         if self.errors.is_empty() {
             // Not written and nowhere to put it: the source must not consider it delivered.
-            b.ack.fail(format!("{}: {error}", self.title));
+            b.ack.fail(format!("{}: {first}", self.title));
             unhandled(&dead, &self.stats, logged);
             return;
         }
@@ -440,4 +579,88 @@ impl SinkRunner {
         route_dead(dead, &self.errors, &self.errors_schema, &b.ack, &mut emit, &self.stats, logged);
         self.senders.send(emit).await;
     }
+}
+
+/// The next group for a sink: the first batch waits as long as it takes, then more join until
+/// the sink's [`Batching`] bounds are met or its linger has passed since the group began. A
+/// batch that overflows `max_events` is split and the rest kept in `carry` for the next group.
+async fn gather(
+    rx: &mut mpsc::Receiver<SinkBatch>,
+    shape: &Batching,
+    carry: &mut Option<SinkBatch>,
+    stats: &NodeStats,
+) -> Option<Vec<SinkBatch>> {
+    let mut batch = match carry.take() {
+        Some(b) => b,
+        None => {
+            let b = rx.recv().await?;
+            stats.events_in.inc_by(b.len() as u64);
+            b
+        }
+    };
+    let deadline = tokio::time::Instant::now() + shape.linger;
+    let max_events = shape.max_events.max(1);
+    let mut group = Vec::new();
+    let (mut events, mut bytes) = (0, 0);
+    loop {
+        // `events < max_events` here, so there is room for at least one event.
+        let room = max_events - events;
+        if batch.len() > room {
+            let (head, tail) = split(&batch, room);
+            *carry = Some(tail);
+            group.push(head);
+            break;
+        }
+        events += batch.len();
+        bytes += payload_bytes(&batch);
+        group.push(batch);
+        if group.len() >= shape.max_batches || events >= max_events || bytes >= shape.max_bytes {
+            break;
+        }
+        batch = match rx.try_recv() {
+            Ok(b) => b,
+            Err(mpsc::error::TryRecvError::Empty) if !shape.linger.is_zero() => {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(b)) => b,
+                    _ => break,
+                }
+            }
+            Err(_) => break,
+        };
+        stats.events_in.inc_by(batch.len() as u64);
+    }
+    Some(group)
+}
+
+fn payload_bytes(b: &SinkBatch) -> usize {
+    let offsets = b.payloads.value_offsets();
+    (offsets[offsets.len() - 1] - offsets[0]).max(0) as usize
+}
+
+/// The first `at` events and the rest, both holding the batch's acknowledgement.
+fn split(b: &SinkBatch, at: usize) -> (SinkBatch, SinkBatch) {
+    let cut = |offset: usize, len: usize| SinkBatch {
+        payloads: b.payloads.slice(offset, len),
+        fields: b.fields.iter().map(|(k, a)| (k.clone(), a.slice(offset, len))).collect(),
+        ack: b.ack.clone(),
+    };
+    (cut(0, at), cut(at, b.len() - at))
+}
+
+/// The given rows of a batch as a batch of their own, holding the batch's acknowledgement.
+fn take_rows(b: &SinkBatch, rows: &[usize]) -> SinkBatch {
+    let payloads = BinaryArray::from_iter_values(rows.iter().map(|&r| b.payloads.value(r)));
+    let indices = UInt32Array::from_iter_values(rows.iter().map(|&r| r as u32));
+    let fields = b
+        .fields
+        .iter()
+        .map(|(k, a)| {
+            // `take` of in-range rows cannot fail for the types sink options have; were it to,
+            // a NULL value makes the sink refuse those events with a reason instead of losing them.
+            let taken = arrow::compute::take(a.as_ref(), &indices, None)
+                .unwrap_or_else(|_| arrow::array::new_null_array(a.data_type(), rows.len()));
+            (k.clone(), taken)
+        })
+        .collect();
+    SinkBatch { payloads, fields, ack: b.ack.clone() }
 }

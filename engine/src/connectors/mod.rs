@@ -50,6 +50,64 @@ pub enum WriteError {
     /// Trying again cannot help (the events themselves are refused): dead-letter them.
     #[error("{0}")]
     Fatal(String),
+    /// Some events failed and every other one was accepted (an Elasticsearch bulk response with
+    /// `errors: true`). The sink keeps none of the failed events: the engine writes the
+    /// retryable ones again on their own, after a backoff, and dead-letters the rest.
+    ///
+    /// From [`Sink::write`], indices count the events of the batch given; from
+    /// [`Sink::flush`], the events written since the last flush, in the order written.
+    #[error("{0}")]
+    Partial(PartialFailure),
+}
+
+/// The events of a write or flush that failed, each with its own error.
+#[derive(Debug, Clone, Default)]
+pub struct PartialFailure {
+    pub items: Vec<ItemFailure>,
+}
+
+/// One event that failed.
+#[derive(Debug, Clone)]
+pub struct ItemFailure {
+    /// Position of the event (see [`WriteError::Partial`]).
+    pub index: usize,
+    /// Worth trying again (throttled, a shard unavailable); otherwise it goes to `.errors`.
+    pub retryable: bool,
+    /// The reason, as the service gave it.
+    pub error: String,
+}
+
+impl std::fmt::Display for PartialFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let retryable = self.items.iter().filter(|i| i.retryable).count();
+        write!(f, "{} event(s) failed ({retryable} retryable)", self.items.len())?;
+        match self.items.first() {
+            Some(first) => write!(f, ", first: {}", first.error),
+            None => Ok(()),
+        }
+    }
+}
+
+/// How the engine groups a sink's input before each [`Sink::flush`]. The engine keeps the
+/// batches (and their acknowledgements) and decides when a group is complete; the sink only
+/// states its preferred size. A group closes when it holds `max_batches` batches,
+/// `max_events` events or `max_bytes` payload bytes, or `linger` after its first batch
+/// arrived, whichever comes first. A batch that would overflow `max_events` is split, the rest
+/// starting the next group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    pub max_batches: usize,
+    pub max_events: usize,
+    pub max_bytes: usize,
+    /// How long a partly filled group waits for more batches. Zero: take what is queued now.
+    pub linger: Duration,
+}
+
+impl Default for Batching {
+    /// What a file or stdout sink wants: whatever is queued (up to 32 batches), no waiting.
+    fn default() -> Batching {
+        Batching { max_batches: 32, max_events: usize::MAX, max_bytes: usize::MAX, linger: Duration::ZERO }
+    }
 }
 
 /// Reads events in. Returns when the input ends (a file read to the end) or when
@@ -60,11 +118,20 @@ pub trait Source: Send {
 
 /// Writes events out. `write` may buffer; once `flush` returns `Ok`, everything written is
 /// durably accepted and the events are acknowledged to their sources.
+///
+/// After a `flush` that failed with `Retryable` or `Fatal` the sink still holds what was
+/// written (the engine calls `flush` again, or gives those events up); after
+/// [`WriteError::Partial`] it holds nothing.
 pub trait Sink: Send {
     fn write<'a>(&'a mut self, batch: &'a SinkBatch) -> BoxFuture<'a, Result<(), WriteError>>;
 
     fn flush(&mut self) -> BoxFuture<'_, Result<(), WriteError>> {
         Box::pin(async { Ok(()) })
+    }
+
+    /// How much input to gather before a flush (a bulk request's size and linger).
+    fn batching(&self) -> Batching {
+        Batching::default()
     }
 }
 
@@ -143,6 +210,7 @@ pub fn build_sink(connector: &str, options: &Options) -> Result<Box<dyn Sink>, C
     match connector {
         "file" => file::FileSink::new(options).map(|s| Box::new(s) as Box<dyn Sink>),
         "stdout" => stdio::StdoutSink::new(options).map(|s| Box::new(s) as Box<dyn Sink>),
+        "elasticsearch" => elasticsearch::ElasticsearchSink::new(options).map(|s| Box::new(s) as Box<dyn Sink>),
         other => Err(not_runnable(other)),
     }
 }
@@ -150,7 +218,7 @@ pub fn build_sink(connector: &str, options: &Options) -> Result<Box<dyn Sink>, C
 fn not_runnable(connector: &str) -> ConnectorError {
     ConnectorError(format!(
         "the `{connector}` connector is checked but cannot run in this build yet; \
-         runnable today: file, stdin, generate, http (sources) and file, stdout (sinks)"
+         runnable today: file, stdin, generate, http (sources) and file, stdout, elasticsearch (sinks)"
     ))
 }
 
