@@ -134,6 +134,7 @@ pub fn build_source(connector: &str, options: &Options) -> Result<Box<dyn Source
         "stdin" => Ok(Box::new(stdio::StdinSource)),
         "generate" => generate::GenerateSource::new(options).map(|s| Box::new(s) as Box<dyn Source>),
         "http" => http::HttpSource::new(options).map(|s| Box::new(s) as Box<dyn Source>),
+        "kafka" => kafka::KafkaSource::new(options).map(|s| Box::new(s) as Box<dyn Source>),
         other => Err(not_runnable(other)),
     }
 }
@@ -143,6 +144,7 @@ pub fn build_sink(connector: &str, options: &Options) -> Result<Box<dyn Sink>, C
     match connector {
         "file" => file::FileSink::new(options).map(|s| Box::new(s) as Box<dyn Sink>),
         "stdout" => stdio::StdoutSink::new(options).map(|s| Box::new(s) as Box<dyn Sink>),
+        "kafka" => kafka::KafkaSink::new(options).map(|s| Box::new(s) as Box<dyn Sink>),
         other => Err(not_runnable(other)),
     }
 }

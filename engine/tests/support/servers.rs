@@ -1,0 +1,1 @@
+//! Real servers for tests: filled in with the tansu and moto harness.
