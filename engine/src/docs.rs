@@ -21,8 +21,8 @@ pub fn connectors_markdown(catalog: &EngineCatalog) -> String {
          event (`key = customer.id`).\n"
     );
     let runnable = |name: &str, role: Role| match role {
-        Role::Source => ["file", "stdin", "generate", "http"].contains(&name),
-        Role::Sink => ["file", "stdout", "elasticsearch"].contains(&name),
+        Role::Source => ["file", "stdin", "generate", "http", "kafka"].contains(&name),
+        Role::Sink => ["file", "stdout", "elasticsearch", "kafka"].contains(&name),
     };
     for role in [Role::Source, Role::Sink] {
         let _ = writeln!(s, "## {}s\n", if role == Role::Source { "Source" } else { "Sink" });
@@ -30,7 +30,7 @@ pub fn connectors_markdown(catalog: &EngineCatalog) -> String {
             let _ = writeln!(s, "### `{}` ({role})\n", c.name);
             let _ = writeln!(s, "{}\n", c.summary);
             if !runnable(c.name, role) {
-                let _ = writeln!(s, "*Checked today; runs once its connector lands (Kafka and SQS: issue 4).*\n");
+                let _ = writeln!(s, "*Checked today; runs once its connector lands (SQS: issue 4).*\n");
             }
             let _ = writeln!(s, "| option | type | default | |\n|---|---|---|---|");
             for o in &c.options {

@@ -1,24 +1,15 @@
-//! The `file` sink: NDJSON, one event per line, handed to the OS before events are
+//! The `file` sink: NDJSON, one event per line, flushed to the OS before events are
 //! acknowledged.
-//!
-//! Lines are gathered in one buffer and written with blocking `std::fs` calls on tokio's
-//! blocking pool, a megabyte at a time: `tokio::fs` would copy every write into its own buffer
-//! and hop threads per call.
 
 use crate::connectors::{BoxFuture, ConnectorError, Sink, WriteError};
 use crate::exec::batch::SinkBatch;
 use crate::options::Options;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
-/// Write once this much is buffered, without waiting for a flush.
-const WRITE_AT: usize = 1 << 20;
+use tokio::io::{AsyncWriteExt, BufWriter};
 
 #[derive(Debug)]
 pub struct FileSink {
-    path: Arc<str>,
-    file: Arc<Mutex<std::fs::File>>,
-    pending: Vec<u8>,
+    path: String,
+    out: BufWriter<tokio::fs::File>,
 }
 
 impl FileSink {
@@ -37,48 +28,21 @@ impl FileSink {
             .truncate(!append)
             .open(p)
             .map_err(|e| ConnectorError(format!("cannot open `{path}` for writing: {e}")))?;
-        Ok(FileSink { path: path.into(), file: Arc::new(Mutex::new(file)), pending: Vec::with_capacity(2 * WRITE_AT) })
-    }
-
-    /// Write everything pending. On failure the lines stay pending, so a retry writes them.
-    async fn write_pending(&mut self) -> Result<(), WriteError> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let file = self.file.clone();
-        let buf = std::mem::take(&mut self.pending);
-        let (buf, result) = tokio::task::spawn_blocking(move || {
-            let result = match file.lock() {
-                Ok(mut f) => f.write_all(&buf),
-                Err(_) => Err(std::io::Error::other("an earlier write panicked")),
-            };
-            (buf, result)
-        })
-        .await
-        .map_err(|e| WriteError::Retryable(format!("writing `{}`: {e}", self.path)))?;
-        self.pending = buf;
-        // A partial write_all leaves an unknown prefix on disk; retrying the whole buffer can
-        // duplicate lines but never loses them (at-least-once).
-        result.map_err(|e| WriteError::Retryable(format!("writing `{}`: {e}", self.path)))?;
-        self.pending.clear();
-        Ok(())
+        Ok(FileSink { path, out: BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file)) })
     }
 }
 
 impl Sink for FileSink {
     fn write<'a>(&'a mut self, batch: &'a SinkBatch) -> BoxFuture<'a, Result<(), WriteError>> {
         Box::pin(async move {
-            // Write out what is pending first, so a failure leaves this batch unbuffered and a
-            // retry of it adds it once.
-            if self.pending.len() >= WRITE_AT {
-                self.write_pending().await?;
-            }
-            batch.append_ndjson(&mut self.pending);
-            Ok(())
+            let lines = batch.ndjson();
+            self.out.write_all(&lines).await.map_err(|e| WriteError::Retryable(format!("writing `{}`: {e}", self.path)))
         })
     }
 
     fn flush(&mut self) -> BoxFuture<'_, Result<(), WriteError>> {
-        Box::pin(self.write_pending())
+        Box::pin(async move {
+            self.out.flush().await.map_err(|e| WriteError::Retryable(format!("writing `{}`: {e}", self.path)))
+        })
     }
 }

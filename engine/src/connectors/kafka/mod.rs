@@ -1,4 +1,18 @@
 //! `kafka`: consume topics in a consumer group; produce to a topic chosen per event.
+//!
+//! - [`source`]: one consumer per source, polled on its own thread; offsets are committed per
+//!   partition only up to the last contiguous acknowledged batch ([`offsets`]).
+//! - [`sink`]: an idempotent producer; a flush waits for every delivery report and re-sends
+//!   what failed on the next attempt.
+//! - [`config`]: the librdkafka settings both share (brokers, TLS, SASL, extra properties).
+
+pub mod config;
+pub mod offsets;
+pub mod sink;
+pub mod source;
+
+pub use sink::KafkaSink;
+pub use source::KafkaSource;
 
 use super::{sink_options, source_metadata, source_options, with};
 use phoenix_dsl::catalog::{ConnectorSpec, MetaSpec, OptionSpec, OptionType, Role};
@@ -20,6 +34,19 @@ fn security() -> Vec<OptionSpec> {
         OptionSpec::new("sasl_username", OptionType::String, "SASL user name."),
         OptionSpec::new("sasl_password", OptionType::String, "SASL password; use `env(\"NAME\")`.").secret(),
         OptionSpec::new("ssl_ca_location", OptionType::String, "CA certificate file for TLS."),
+        OptionSpec::new(
+            "ssl_certificate_location",
+            OptionType::String,
+            "Client certificate file (PEM) for mutual TLS.",
+        ),
+        OptionSpec::new("ssl_key_location", OptionType::String, "Client private key file (PEM) for mutual TLS."),
+        OptionSpec::new("ssl_key_password", OptionType::String, "Password of the client key; use `env(\"NAME\")`.")
+            .secret(),
+        OptionSpec::new(
+            "properties",
+            OptionType::List(Box::new(OptionType::String)),
+            "Extra librdkafka settings as `name=value` (`[\"fetch.max.bytes=1048576\"]`); they win over the above.",
+        ),
     ]
 }
 
@@ -51,6 +78,19 @@ pub fn source_spec() -> ConnectorSpec {
                         "Where a group with no committed offset starts.",
                     )
                     .default("earliest"),
+                    OptionSpec::new(
+                        "commit_interval",
+                        OptionType::Duration,
+                        "How often acknowledged offsets are committed; a crash replays at most this much more.",
+                    )
+                    .default("1s"),
+                    OptionSpec::new(
+                        "drain_timeout",
+                        OptionType::Duration,
+                        "On shutdown or when partitions are revoked, how long to wait for in-flight events to be \
+                         acknowledged before committing what is.",
+                    )
+                    .default("30s"),
                 ],
                 security(),
             ),
@@ -64,6 +104,13 @@ pub fn source_spec() -> ConnectorSpec {
                 MetaSpec { name: "partition", ty: Ty::Int, optional: false, doc: "Partition number." },
                 MetaSpec { name: "offset", ty: Ty::Int, optional: false, doc: "Offset in the partition." },
                 MetaSpec { name: "timestamp", ty: Ty::Timestamp, optional: true, doc: "Message timestamp." },
+                MetaSpec {
+                    name: "headers",
+                    ty: Ty::String,
+                    optional: true,
+                    doc: "Message headers as a JSON object of strings (`json_get(@headers, 'trace-id')`); \
+                          NULL when there are none.",
+                },
             ],
         ),
     }
@@ -86,10 +133,34 @@ pub fn sink_spec() -> ConnectorSpec {
                     )
                     .required(),
                     OptionSpec::new("key", OptionType::Expr(Ty::String), "Message key per event (`customer.id`)."),
+                    OptionSpec::new(
+                        "headers",
+                        OptionType::Expr(Ty::String),
+                        "Message headers per event: a JSON object of names to values \
+                         (`'{\"origin\": \"phoenix\"}'`, or `@headers` to forward a Kafka source's).",
+                    ),
                     OptionSpec::new("create_topics", OptionType::Bool, "Create missing topics through the admin API.")
                         .default("false"),
                     OptionSpec::new("partitions", OptionType::Int, "Partitions of topics this sink creates.")
                         .default("1"),
+                    OptionSpec::new(
+                        "replication",
+                        OptionType::Int,
+                        "Replication factor of topics this sink creates (-1: the broker's default).",
+                    )
+                    .default("-1"),
+                    OptionSpec::new(
+                        "delivery_timeout",
+                        OptionType::Duration,
+                        "How long the producer retries one message before the sink's own retry policy takes over.",
+                    )
+                    .default("30s"),
+                    OptionSpec::new(
+                        "max_message_size",
+                        OptionType::Size,
+                        "Largest message; a larger event is refused and goes to the sink's `.errors`.",
+                    )
+                    .default("1MiB"),
                     OptionSpec::new(
                         "compression",
                         OptionType::Enum(&["none", "gzip", "snappy", "lz4", "zstd"]),

@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Independent clients for Phoenix's integration tests: confluent-kafka for Kafka, boto3 for
+SQS. Nothing here shares code with Phoenix, so a test that writes with Phoenix and reads here
+(or the other way round) checks the real wire behaviour.
+
+  clients.py kafka-produce BROKERS TOPIC PARTITIONS [START] < payloads
+                                      (line i, counted from START, -> partition i % PARTITIONS, key "k<i>")
+  clients.py kafka-read BROKERS TOPIC PARTITIONS COUNT SECONDS [IDLE]
+                                      (JSON lines: partition, offset, key, value, headers; stops after
+                                       COUNT messages, SECONDS, or IDLE seconds without a message)
+  clients.py kafka-committed BROKERS GROUP TOPIC PARTITIONS      (JSON list, null where nothing is committed)
+  clients.py sqs-create ENDPOINT NAME [fifo]                     (prints the queue URL)
+  clients.py sqs-send ENDPOINT URL < payloads                    (SendMessageBatch in tens)
+  clients.py sqs-receive ENDPOINT URL COUNT SECONDS              (receives and deletes; JSON lines)
+  clients.py sqs-count ENDPOINT URL                              (visible + in flight, JSON)
+
+Every address is 127.0.0.1; AWS credentials are fake and come from the environment.
+"""
+import json
+import sys
+import time
+
+
+def kafka_produce(brokers, topic, partitions, start="0"):
+    from confluent_kafka import Producer
+
+    # One message per record batch: tansu 0.6 answers a fetch from an offset inside a batch with
+    # the batches after it, skipping the rest of that batch, so consumers that resume mid-batch
+    # (after a pause, a restart or a rebalance) would lose messages to the broker, not to Phoenix.
+    p = Producer({"bootstrap.servers": brokers, "linger.ms": 0, "batch.num.messages": 1})
+    failed = []
+
+    def report(err, _msg):
+        if err is not None:
+            failed.append(err)
+
+    for i, line in enumerate(sys.stdin.buffer, int(start)):
+        payload = line.rstrip(b"\n")
+        while True:
+            try:
+                p.produce(topic, value=payload, key=f"k{i}", partition=i % int(partitions), on_delivery=report)
+                break
+            except BufferError:
+                p.poll(0.05)
+        p.poll(0)
+    left = p.flush(60)
+    if left or failed:
+        sys.exit(f"{left} undelivered, {len(failed)} failed: {failed[:3]}")
+
+
+def kafka_read(brokers, topic, partitions, count, seconds, idle="0"):
+    from confluent_kafka import Consumer, TopicPartition, OFFSET_BEGINNING
+
+    c = Consumer({"bootstrap.servers": brokers, "group.id": "phoenix-test-reader", "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(int(partitions))])
+    deadline = time.time() + float(seconds)
+    last = time.time()
+    n = 0
+    while n < int(count) and time.time() < deadline:
+        m = c.poll(0.2)
+        if m is None:
+            if float(idle) > 0 and n > 0 and time.time() - last > float(idle):
+                break
+            continue
+        last = time.time()
+        if m.error():
+            print(f"kafka-read: {m.error()}", file=sys.stderr)
+            continue
+        n += 1
+        headers = {k: (v.decode("utf-8", "replace") if v is not None else None) for k, v in (m.headers() or [])}
+        print(json.dumps({
+            "partition": m.partition(),
+            "offset": m.offset(),
+            "key": m.key().decode("utf-8", "replace") if m.key() is not None else None,
+            "value": (m.value() or b"").decode("utf-8", "replace"),
+            "headers": headers,
+        }))
+    c.close()
+
+
+def kafka_committed(brokers, group, topic, partitions):
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": brokers, "group.id": group, "enable.auto.commit": False})
+    got = c.committed([TopicPartition(topic, p) for p in range(int(partitions))], timeout=30)
+    print(json.dumps([tp.offset if tp.offset >= 0 else None for tp in got]))
+    c.close()
+
+
+def sqs(endpoint):
+    import boto3
+
+    return boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1")
+
+
+def sqs_create(endpoint, name, kind=""):
+    attrs = {"FifoQueue": "true", "ContentBasedDeduplication": "false"} if kind == "fifo" else {}
+    print(sqs(endpoint).create_queue(QueueName=name, Attributes=attrs)["QueueUrl"])
+
+
+def sqs_send(endpoint, url):
+    client = sqs(endpoint)
+    lines = [l.rstrip(b"\n").decode() for l in sys.stdin.buffer]
+    for start in range(0, len(lines), 10):
+        entries = [{"Id": str(i), "MessageBody": body} for i, body in enumerate(lines[start:start + 10])]
+        while entries:
+            r = client.send_message_batch(QueueUrl=url, Entries=entries)
+            failed = {f["Id"] for f in r.get("Failed", [])}
+            entries = [e for e in entries if e["Id"] in failed]
+
+
+def sqs_receive(endpoint, url, count, seconds):
+    client = sqs(endpoint)
+    deadline = time.time() + float(seconds)
+    n = 0
+    while n < int(count) and time.time() < deadline:
+        r = client.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
+                                   MessageSystemAttributeNames=["All"])
+        msgs = r.get("Messages", [])
+        for m in msgs:
+            print(json.dumps({"body": m["Body"], "attributes": m.get("Attributes", {})}))
+        n += len(msgs)
+        if msgs:
+            client.delete_message_batch(QueueUrl=url, Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)])
+
+
+def sqs_count(endpoint, url):
+    a = sqs(endpoint).get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    print(json.dumps({"visible": int(a["ApproximateNumberOfMessages"]),
+                      "in_flight": int(a["ApproximateNumberOfMessagesNotVisible"])}))
+
+
+COMMANDS = {
+    "kafka-produce": kafka_produce,
+    "kafka-read": kafka_read,
+    "kafka-committed": kafka_committed,
+    "sqs-create": sqs_create,
+    "sqs-send": sqs_send,
+    "sqs-receive": sqs_receive,
+    "sqs-count": sqs_count,
+}
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        sys.exit(__doc__)
+    COMMANDS[sys.argv[1]](*sys.argv[2:])

@@ -1,0 +1,120 @@
+//! Shared by the connector integration tests: running flows in-process, running the `phoenix`
+//! binary, and starting the real servers (tansu, moto) on 127.0.0.1.
+#![allow(dead_code)]
+
+pub mod kafka;
+pub mod servers;
+
+use phoenix_dsl::MemoryLoader;
+use phoenix_engine::EngineCatalog;
+use phoenix_engine::metrics::Metrics;
+use phoenix_engine::run::{RunConfig, RunError, run};
+use phoenix_engine::taskgraph::{TaskGraph, node_labels};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// A fresh directory for one test.
+pub fn temp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("phoenix-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// A flow running in this process.
+pub struct Running {
+    pub shutdown: CancellationToken,
+    pub metrics: Arc<Metrics>,
+    pub handle: tokio::task::JoinHandle<Result<(), RunError>>,
+}
+
+impl Running {
+    /// Ask the flow to stop and wait for it to drain.
+    pub async fn stop(self) -> Result<(), RunError> {
+        self.shutdown.cancel();
+        self.join().await
+    }
+
+    pub async fn join(self) -> Result<(), RunError> {
+        tokio::time::timeout(Duration::from_secs(120), self.handle)
+            .await
+            .expect("the flow stops within 120s")
+            .expect("the flow task does not panic")
+    }
+
+    /// Events a sink has written and flushed (acknowledged).
+    pub fn written(&self, sink: &str) -> u64 {
+        let title = format!("sink {sink}");
+        self.metrics.nodes.iter().filter(|n| n.title == title).map(|n| n.events_out.get()).sum()
+    }
+}
+
+/// Compile `text` and run it with `config` on the current runtime.
+pub fn start(text: &str, mut config: RunConfig) -> Running {
+    let catalog = EngineCatalog::new();
+    let loader = MemoryLoader::new([("flow.phx".to_string(), text.as_bytes().to_vec())]);
+    let c = phoenix_dsl::compile("flow.phx", &loader, &catalog);
+    assert!(!c.has_errors(), "{}", c.render(false));
+    let plan = c.plan(&catalog).expect("the flow plans");
+    let metrics = Arc::new(Metrics::new(node_labels(&plan, &c.sources)));
+    let graph = TaskGraph::build(&plan, &c.sources, &metrics).expect("task graph");
+    let shutdown = config.shutdown.clone();
+    config.shutdown = shutdown.clone();
+    let m = metrics.clone();
+    let handle = tokio::spawn(async move { run(graph, &catalog, m, config).await });
+    Running { shutdown, metrics, handle }
+}
+
+/// Poll until `f` holds, up to `limit`.
+pub async fn eventually(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The lines of a file (none if it does not exist yet).
+pub fn lines(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p).map(|s| s.lines().map(String::from).collect()).unwrap_or_default()
+}
+
+/// Every line of a file as JSON.
+pub fn json_lines(p: &Path) -> Vec<serde_json::Value> {
+    lines(p).iter().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}"))).collect()
+}
+
+/// The `phoenix` binary, quiet and colourless.
+pub fn phoenix() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_phoenix"));
+    c.env_remove("RUST_LOG").env("NO_COLOR", "1");
+    c
+}
+
+/// Wait for a child to exit, killing it after `limit`.
+pub fn wait(mut child: Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    while child.try_wait().expect("try_wait").is_none() {
+        if start.elapsed() > limit {
+            child.kill().ok();
+            let out = child.wait_with_output().expect("output");
+            panic!("phoenix did not exit within {limit:?}\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// Send a signal to a child by pid.
+pub fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().expect("kill").success();
+    assert!(ok, "kill {sig}");
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
