@@ -135,6 +135,7 @@ pub fn build_source(connector: &str, options: &Options) -> Result<Box<dyn Source
         "generate" => generate::GenerateSource::new(options).map(|s| Box::new(s) as Box<dyn Source>),
         "http" => http::HttpSource::new(options).map(|s| Box::new(s) as Box<dyn Source>),
         "kafka" => kafka::KafkaSource::new(options).map(|s| Box::new(s) as Box<dyn Source>),
+        "sqs" => sqs::SqsSource::new(options).map(|s| Box::new(s) as Box<dyn Source>),
         other => Err(not_runnable(other)),
     }
 }
@@ -145,6 +146,7 @@ pub fn build_sink(connector: &str, options: &Options) -> Result<Box<dyn Sink>, C
         "file" => file::FileSink::new(options).map(|s| Box::new(s) as Box<dyn Sink>),
         "stdout" => stdio::StdoutSink::new(options).map(|s| Box::new(s) as Box<dyn Sink>),
         "kafka" => kafka::KafkaSink::new(options).map(|s| Box::new(s) as Box<dyn Sink>),
+        "sqs" => sqs::SqsSink::new(options).map(|s| Box::new(s) as Box<dyn Sink>),
         other => Err(not_runnable(other)),
     }
 }
@@ -152,7 +154,7 @@ pub fn build_sink(connector: &str, options: &Options) -> Result<Box<dyn Sink>, C
 fn not_runnable(connector: &str) -> ConnectorError {
     ConnectorError(format!(
         "the `{connector}` connector is checked but cannot run in this build yet; \
-         runnable today: file, stdin, generate, http (sources) and file, stdout (sinks)"
+         runnable today: file, stdin, generate, http, kafka, sqs (sources) and file, stdout, kafka, sqs (sinks)"
     ))
 }
 
