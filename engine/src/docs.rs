@@ -20,18 +20,11 @@ pub fn connectors_markdown(catalog: &EngineCatalog) -> String {
          `phoenix run FLOW --set NODE.OPTION=VALUE`. Options of type *expression* are evaluated per \
          event (`key = customer.id`).\n"
     );
-    let runnable = |name: &str, role: Role| match role {
-        Role::Source => ["file", "stdin", "generate", "http", "kafka"].contains(&name),
-        Role::Sink => ["file", "stdout", "elasticsearch", "kafka"].contains(&name),
-    };
     for role in [Role::Source, Role::Sink] {
         let _ = writeln!(s, "## {}s\n", if role == Role::Source { "Source" } else { "Sink" });
         for c in catalog.connectors().into_iter().filter(|c| c.role == role) {
             let _ = writeln!(s, "### `{}` ({role})\n", c.name);
             let _ = writeln!(s, "{}\n", c.summary);
-            if !runnable(c.name, role) {
-                let _ = writeln!(s, "*Checked today; runs once its connector lands (SQS: issue 4).*\n");
-            }
             let _ = writeln!(s, "| option | type | default | |\n|---|---|---|---|");
             for o in &c.options {
                 let default = match (o.required, o.default) {

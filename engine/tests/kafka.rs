@@ -7,10 +7,10 @@ mod support;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 use support::servers::{Tansu, python_client};
-use support::{lines, phoenix, signal, temp, wait};
+use support::{Guard, lines, phoenix, signal, temp, wait};
 
 const PARTITIONS: i32 = 3;
 
@@ -96,7 +96,7 @@ fn committed(t: &Tansu) -> Vec<Option<i64>> {
 }
 
 /// Start `phoenix run`; its log goes to `phoenix.log` beside the flow (shown if a test fails).
-fn run(flow: &Path, t: &Tansu) -> Child {
+fn run(flow: &Path, t: &Tansu) -> Guard {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(flow.with_file_name("phoenix.log")).unwrap();
     phoenix()
         .args(["run", flow.to_str().unwrap(), "--metrics-address", "off", "--no-progress", "-v"])
@@ -104,6 +104,7 @@ fn run(flow: &Path, t: &Tansu) -> Child {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
+        .map(Guard::new)
         .unwrap()
 }
 
@@ -146,8 +147,8 @@ fn every_event_is_delivered_and_poison_goes_to_errors() {
     let want = expected(3000, &poison);
     let child = run(&flow(&dir, 10_000), &t);
     until(&dir, "every event written and committed", Duration::from_secs(120), || committed(&t) == vec![Some(1000); 3]);
-    signal(&child, "-TERM");
-    let out = wait(child, Duration::from_secs(60));
+    signal(child.child(), "-TERM");
+    let out = wait(child.take(), Duration::from_secs(60));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let msgs = read_all(&t, "out");
@@ -178,8 +179,8 @@ fn sigkill_mid_stream_then_restart_loses_nothing() {
     let flow = flow(&dir, 6_000);
     let child = run(&flow, &t);
     until(&dir, "the flow under way", Duration::from_secs(120), || holds(&t, "out", 3000));
-    signal(&child, "-KILL");
-    let _ = wait(child, Duration::from_secs(30));
+    signal(child.child(), "-KILL");
+    let _ = wait(child.take(), Duration::from_secs(30));
     let at_kill = committed(&t);
     // tansu 0.6 drops a dead member only when its session has expired at the time another
     // member joins (a real Kafka broker rebalances on expiry by itself): restart after that.
@@ -191,8 +192,8 @@ fn sigkill_mid_stream_then_restart_loses_nothing() {
     until(&dir, "everything committed after the restart", Duration::from_secs(180), || {
         committed(&t) == vec![Some(n / 3); 3]
     });
-    signal(&child, "-TERM");
-    let out = wait(child, Duration::from_secs(60));
+    signal(child.child(), "-TERM");
+    let out = wait(child.take(), Duration::from_secs(60));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let got = ids(&read_all(&t, "out"));
@@ -245,8 +246,8 @@ fn a_frozen_broker_is_waited_out() {
     let second: Vec<u8> = data[half..].to_vec();
     python_client(&["kafka-produce", &t.brokers(), "in", "3", &(n / 2).to_string()], Some(&second), &[]);
     until(&dir, "everything committed", Duration::from_secs(180), || committed(&t) == vec![Some(n / 3); 3]);
-    signal(&child, "-TERM");
-    let out = wait(child, Duration::from_secs(60));
+    signal(child.child(), "-TERM");
+    let out = wait(child.take(), Duration::from_secs(60));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let got: BTreeSet<i64> = ids(&read_all(&t, "out")).into_iter().collect();
     assert_eq!(got, expected(n, &[]), "caught up, nothing lost");

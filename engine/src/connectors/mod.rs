@@ -202,6 +202,7 @@ pub fn build_source(connector: &str, options: &Options) -> Result<Box<dyn Source
         "generate" => generate::GenerateSource::new(options).map(|s| Box::new(s) as Box<dyn Source>),
         "http" => http::HttpSource::new(options).map(|s| Box::new(s) as Box<dyn Source>),
         "kafka" => kafka::KafkaSource::new(options).map(|s| Box::new(s) as Box<dyn Source>),
+        "sqs" => sqs::SqsSource::new(options).map(|s| Box::new(s) as Box<dyn Source>),
         other => Err(not_runnable(other)),
     }
 }
@@ -213,6 +214,7 @@ pub fn build_sink(connector: &str, options: &Options) -> Result<Box<dyn Sink>, C
         "stdout" => stdio::StdoutSink::new(options).map(|s| Box::new(s) as Box<dyn Sink>),
         "elasticsearch" => elasticsearch::ElasticsearchSink::new(options).map(|s| Box::new(s) as Box<dyn Sink>),
         "kafka" => kafka::KafkaSink::new(options).map(|s| Box::new(s) as Box<dyn Sink>),
+        "sqs" => sqs::SqsSink::new(options).map(|s| Box::new(s) as Box<dyn Sink>),
         other => Err(not_runnable(other)),
     }
 }
@@ -220,7 +222,7 @@ pub fn build_sink(connector: &str, options: &Options) -> Result<Box<dyn Sink>, C
 fn not_runnable(connector: &str) -> ConnectorError {
     ConnectorError(format!(
         "the `{connector}` connector is checked but cannot run in this build yet; \
-         runnable today: file, stdin, generate, http, kafka (sources) and file, stdout, elasticsearch, kafka (sinks)"
+         runnable today: file, stdin, generate, http, kafka, sqs (sources) and file, stdout, elasticsearch, kafka, sqs (sinks)"
     ))
 }
 

@@ -87,9 +87,20 @@ pub fn json_lines(p: &Path) -> Vec<serde_json::Value> {
     lines(p).iter().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}"))).collect()
 }
 
-/// The `phoenix` binary, quiet and colourless.
+/// The `phoenix` binary, quiet and colourless: `PHOENIX_BIN` if set (a target directory shared
+/// by several checkouts gets its `target/debug/phoenix` replaced by their builds), else the one
+/// cargo built. It is copied once per test process, so a test that restarts the binary
+/// restarts the same one.
 pub fn phoenix() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_phoenix"));
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let bin = BIN.get_or_init(|| {
+        let built =
+            std::env::var_os("PHOENIX_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_phoenix")), PathBuf::from);
+        let copy = std::env::temp_dir().join(format!("phoenix-under-test-{}", std::process::id()));
+        std::fs::copy(&built, &copy).expect("copy the phoenix binary");
+        copy
+    });
+    let mut c = Command::new(bin);
     c.env_remove("RUST_LOG").env("NO_COLOR", "1");
     c
 }
@@ -117,4 +128,30 @@ pub fn signal(child: &Child, sig: &str) {
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A child process killed when dropped, so a failing test leaves nothing running.
+pub struct Guard(Option<Child>);
+
+impl Guard {
+    pub fn new(child: Child) -> Guard {
+        Guard(Some(child))
+    }
+
+    pub fn child(&self) -> &Child {
+        self.0.as_ref().expect("child present until taken")
+    }
+
+    pub fn take(mut self) -> Child {
+        self.0.take().expect("child present until taken")
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }

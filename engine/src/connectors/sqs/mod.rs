@@ -1,4 +1,18 @@
 //! `sqs`: long-poll a queue with several pollers; send in batches of ten.
+//!
+//! - [`source`]: `pollers` ReceiveMessage loops; a batch's messages are deleted
+//!   (DeleteMessageBatch) only once every sink it reached acknowledged it, their visibility is
+//!   extended while they are in flight, and undelivered ones are made visible again at once.
+//! - [`sink`]: SendMessageBatch in tens, concurrently; failed entries are sent again.
+//! - [`client`]: the AWS SDK client from the standard configuration chain plus `region` and
+//!   `endpoint`.
+
+pub mod client;
+pub mod sink;
+pub mod source;
+
+pub use sink::SqsSink;
+pub use source::SqsSource;
 
 use super::{sink_options, source_metadata, source_options, with};
 use phoenix_dsl::catalog::{ConnectorSpec, MetaSpec, OptionSpec, OptionType, Role};
@@ -8,7 +22,11 @@ fn aws() -> Vec<OptionSpec> {
     vec![
         OptionSpec::new("queue_url", OptionType::String, "The queue's URL.").required(),
         OptionSpec::new("region", OptionType::String, "AWS region; defaults to the standard AWS configuration chain."),
-        OptionSpec::new("endpoint", OptionType::String, "Endpoint URL override (a local SQS-compatible server)."),
+        OptionSpec::new(
+            "endpoint",
+            OptionType::String,
+            "Endpoint URL override (a local SQS-compatible server); default: the standard AWS configuration chain.",
+        ),
     ]
 }
 
@@ -28,6 +46,12 @@ pub fn source_spec() -> ConnectorSpec {
                         "visibility_timeout",
                         OptionType::Duration,
                         "How long a received message stays hidden; extended while in flight.",
+                    )
+                    .default("30s"),
+                    OptionSpec::new(
+                        "drain_timeout",
+                        OptionType::Duration,
+                        "On shutdown, how long to wait for in-flight messages to be acknowledged and deleted.",
                     )
                     .default("30s"),
                 ],
@@ -68,6 +92,18 @@ pub fn sink_spec() -> ConnectorSpec {
                         OptionType::Expr(Ty::String),
                         "FIFO queues: deduplication id per event.",
                     ),
+                    OptionSpec::new(
+                        "concurrency",
+                        OptionType::Int,
+                        "SendMessageBatch requests in flight at once (1 for FIFO queues, to keep group order).",
+                    )
+                    .default("4"),
+                    OptionSpec::new(
+                        "max_message_size",
+                        OptionType::Size,
+                        "Largest message body; a larger event goes to the sink's `.errors`.",
+                    )
+                    .default("256KiB"),
                 ],
             ),
             sink_options(),

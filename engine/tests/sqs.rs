@@ -1,0 +1,291 @@
+//! The `sqs` connectors against `moto_server` on 127.0.0.1, through the `phoenix` binary, with
+//! boto3 (Python) as the independent client. Credentials are fake and set for the child
+//! processes only; nothing leaves 127.0.0.1.
+
+mod support;
+
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use support::servers::{Moto, python_client};
+use support::{Guard, lines, phoenix, signal, temp, wait};
+
+/// Fake credentials and no instance metadata: the AWS chain stops at the environment.
+const AWS_ENV: &[(&str, &str)] = &[
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_REGION", "us-east-1"),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+    ("AWS_CONFIG_FILE", "/nonexistent/phoenix-test"),
+    ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/phoenix-test"),
+];
+
+fn py(args: &[&str], stdin: Option<&[u8]>) -> String {
+    python_client(args, stdin, AWS_ENV)
+}
+
+fn create(m: &Moto, name: &str, fifo: bool) -> String {
+    let endpoint = m.endpoint();
+    let mut args = vec!["sqs-create", endpoint.as_str(), name];
+    if fifo {
+        args.push("fifo");
+    }
+    py(&args, None).trim().to_string()
+}
+
+fn send(m: &Moto, url: &str, bodies: &[String]) {
+    let data: String = bodies.iter().map(|b| format!("{b}\n")).collect();
+    py(&["sqs-send", &m.endpoint(), url], Some(data.as_bytes()));
+}
+
+/// Receive (and delete) everything in a queue until it stays empty for a moment.
+fn drain(m: &Moto, url: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    loop {
+        let got: Vec<Value> = py(&["sqs-receive", &m.endpoint(), url, "1000000", "3"], None)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if got.is_empty() {
+            return out;
+        }
+        out.extend(got);
+    }
+}
+
+/// (visible, in flight) messages of a queue.
+fn count(m: &Moto, url: &str) -> (i64, i64) {
+    let v: Value = serde_json::from_str(py(&["sqs-count", &m.endpoint(), url], None).trim()).unwrap();
+    (v["visible"].as_i64().unwrap(), v["in_flight"].as_i64().unwrap())
+}
+
+fn events(n: i64, poison: &[i64]) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            if poison.contains(&i) {
+                format!("poison {i}")
+            } else {
+                let kind = if i % 10 == 9 { "skip" } else { ["a", "b"][i as usize % 2] };
+                format!(r#"{{"id":{i},"ref":"r{i}","kind":"{kind}"}}"#)
+            }
+        })
+        .collect()
+}
+
+fn expected(n: i64, poison: &[i64]) -> BTreeSet<i64> {
+    (0..n).filter(|i| i % 10 != 9 && !poison.contains(i)).collect()
+}
+
+fn ids(msgs: &[Value]) -> Vec<i64> {
+    msgs.iter()
+        .map(|m| serde_json::from_str::<Value>(m["body"].as_str().unwrap()).unwrap()["id"].as_i64().unwrap())
+        .collect()
+}
+
+/// SQS in → where → SQS out (possibly on another server), poison to a file, metadata to another.
+fn flow(dir: &Path, source: (&Moto, &str), sink: (&Moto, &str), visibility: &str) -> PathBuf {
+    let p = dir.join("flow.phx");
+    std::fs::write(
+        &p,
+        format!(
+            r#"schema E {{ id: int, ref: string, kind: string }}
+
+source input = sqs {{
+  queue_url = "{in_url}",
+  endpoint = "{in_endpoint}",
+  region = "us-east-1",
+  pollers = 3,
+  wait_time = 1s,
+  visibility_timeout = {visibility},
+}} as E
+
+sink output = sqs {{ queue_url = "{out_url}", endpoint = "{out_endpoint}", region = "us-east-1", backoff_max = 1s }}
+sink meta = file {{ path = "{meta}" }}
+sink dead = file {{ path = "{dead}" }}
+
+input | where kind != 'skip' | output
+input | select id, @message_id as message_id, @receive_count as receives | meta
+input.errors | dead
+"#,
+            in_url = source.1,
+            in_endpoint = source.0.endpoint(),
+            out_url = sink.1,
+            out_endpoint = sink.0.endpoint(),
+            meta = dir.join("meta.jsonl").display(),
+            dead = dir.join("dead.jsonl").display(),
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn run(flow: &Path) -> Guard {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(flow.with_file_name("phoenix.log")).unwrap();
+    phoenix()
+        .args(["run", flow.to_str().unwrap(), "--metrics-address", "off", "--no-progress", "-v"])
+        .envs(AWS_ENV.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map(Guard::new)
+        .unwrap()
+}
+
+fn until(dir: &Path, what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        if start.elapsed() > limit {
+            let log = std::fs::read_to_string(dir.join("phoenix.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "timed out after {limit:?} waiting for {what}; phoenix.log ends:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn stop(child: Guard) {
+    signal(child.child(), "-TERM");
+    let out = wait(child.take(), Duration::from_secs(90));
+    assert!(out.status.success(), "phoenix exited with {:?}", out.status);
+}
+
+#[test]
+fn every_message_is_delivered_and_deleted() {
+    let moto = Moto::start();
+    let dir = temp("sqs-normal");
+    let (input, output) = (create(&moto, "in", false), create(&moto, "out", false));
+    let poison = [7, 233];
+    send(&moto, &input, &events(300, &poison));
+    let child = run(&flow(&dir, (&moto, &input), (&moto, &output), "30s"));
+    until(&dir, "every message handled and deleted", Duration::from_secs(120), || {
+        lines(&dir.join("meta.jsonl")).len() >= 298 && count(&moto, &input) == (0, 0)
+    });
+    stop(child);
+    let got = ids(&drain(&moto, &output));
+    let unique: BTreeSet<i64> = got.iter().copied().collect();
+    assert_eq!(unique, expected(300, &poison), "every event delivered");
+    // At least once: an event is written twice only if SQS handed its message out twice (a
+    // receive whose answer was lost, on a machine too busy for moto to answer in time).
+    let again = support::json_lines(&dir.join("meta.jsonl")).iter().filter(|m| m["receives"] != 1).count();
+    assert!(
+        got.len() - unique.len() <= again,
+        "{} duplicates, {again} messages received twice",
+        got.len() - unique.len()
+    );
+    let dead: BTreeSet<String> = support::json_lines(&dir.join("dead.jsonl"))
+        .iter()
+        .map(|d| d["payload"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(dead, ["poison 233".to_string(), "poison 7".to_string()].into(), "poison messages to `.errors`");
+    for m in support::json_lines(&dir.join("meta.jsonl")) {
+        assert!(m["message_id"].as_str().is_some_and(|s| !s.is_empty()), "{m}");
+        assert!(m["receives"].as_i64().is_some_and(|r| r >= 1), "{m}");
+    }
+}
+
+#[test]
+fn sigkill_mid_stream_then_restart_loses_nothing() {
+    let moto = Moto::start();
+    let dir = temp("sqs-sigkill");
+    let (input, output) = (create(&moto, "in", false), create(&moto, "out", false));
+    let n = 600;
+    send(&moto, &input, &events(n, &[]));
+    // A short visibility timeout, so what the killed process held comes back soon.
+    let flow = flow(&dir, (&moto, &input), (&moto, &output), "3s");
+    let child = run(&flow);
+    until(&dir, "the flow under way", Duration::from_secs(120), || lines(&dir.join("meta.jsonl")).len() >= 150);
+    signal(child.child(), "-KILL");
+    let _ = wait(child.take(), Duration::from_secs(30));
+    let child = run(&flow);
+    until(&dir, "every message deleted", Duration::from_secs(180), || count(&moto, &input) == (0, 0));
+    stop(child);
+    let got = ids(&drain(&moto, &output));
+    let mut counts = BTreeMap::new();
+    for id in &got {
+        *counts.entry(*id).or_insert(0) += 1;
+    }
+    assert_eq!(counts.keys().copied().collect::<BTreeSet<_>>(), expected(n, &[]), "no message lost");
+    // Duplicates: messages the killed process received and may have written but not deleted.
+    let duplicates = got.len() - counts.len();
+    let redelivered = support::json_lines(&dir.join("meta.jsonl")).iter().filter(|m| m["receives"] != 1).count();
+    assert!(duplicates <= redelivered, "{duplicates} duplicates but only {redelivered} messages were received twice");
+    eprintln!("sqs sigkill: {} messages out, {duplicates} duplicates, {redelivered} received again", got.len());
+}
+
+#[test]
+fn outages_of_either_server_are_waited_out() {
+    let (source, sink) = (Moto::start(), Moto::start());
+    let dir = temp("sqs-outage");
+    let (input, output) = (create(&source, "in", false), create(&sink, "out", false));
+    let all = events(300, &[]);
+    send(&source, &input, &all[..150]);
+    // Visibility 6s, and the sink's server frozen for 15s: batches wait far longer than their
+    // visibility timeout, so only the source extending it keeps them from being delivered twice.
+    let child = run(&flow(&dir, (&source, &input), (&sink, &output), "6s"));
+    sink.pause();
+    std::thread::sleep(Duration::from_secs(15));
+    sink.resume();
+    until(&dir, "the first 150 deleted", Duration::from_secs(120), || count(&source, &input) == (0, 0));
+    // Now the queue's server freezes: receives time out and are retried.
+    source.pause();
+    std::thread::sleep(Duration::from_secs(5));
+    source.resume();
+    send(&source, &input, &all[150..]);
+    until(&dir, "everything deleted", Duration::from_secs(120), || {
+        lines(&dir.join("meta.jsonl")).len() >= 300 && count(&source, &input) == (0, 0)
+    });
+    stop(child);
+    let got = ids(&drain(&sink, &output));
+    assert_eq!(got.iter().copied().collect::<BTreeSet<_>>(), expected(300, &[]), "nothing lost");
+    let receives: Vec<i64> =
+        support::json_lines(&dir.join("meta.jsonl")).iter().map(|m| m["receives"].as_i64().unwrap()).collect();
+    // At least once: duplicates come only from messages SQS handed out again.
+    let again = receives.iter().filter(|r| **r > 1).count();
+    let duplicates = got.len() - expected(300, &[]).len();
+    assert!(duplicates <= again, "{duplicates} duplicates, {again} messages received twice");
+    eprintln!("sqs outage: {} messages out for 300 events, {again} received twice", got.len());
+}
+
+#[test]
+fn fifo_sink_sets_group_and_deduplication_ids() {
+    let moto = Moto::start();
+    let dir = temp("sqs-fifo");
+    let out = create(&moto, "out.fifo", true);
+    let input = dir.join("in.jsonl");
+    // Event 3 twice: the deduplication id drops the second.
+    let text: String = [0, 1, 2, 3, 3, 4]
+        .iter()
+        .map(|i| format!("{{\"id\":{i},\"ref\":\"r{i}\",\"kind\":\"{}\"}}\n", ["a", "b"][i % 2]))
+        .collect();
+    std::fs::write(&input, text).unwrap();
+    let flow = dir.join("flow.phx");
+    std::fs::write(
+        &flow,
+        format!(
+            r#"schema E {{ id: int, ref: string, kind: string }}
+source f = file {{ path = "{}" }} as E
+sink q = sqs {{ queue_url = "{out}", endpoint = "{}", message_group_id = kind, deduplication_id = ref, concurrency = 1 }}
+f | q
+"#,
+            input.display(),
+            moto.endpoint()
+        ),
+    )
+    .unwrap();
+    let out_run = run(&flow);
+    let status = wait(out_run.take(), Duration::from_secs(60));
+    assert!(status.status.success(), "{}", std::fs::read_to_string(dir.join("phoenix.log")).unwrap_or_default());
+    let msgs = drain(&moto, &out);
+    assert_eq!(ids(&msgs).into_iter().collect::<BTreeSet<_>>(), [0, 1, 2, 3, 4].into());
+    assert_eq!(msgs.len(), 5, "the repeated event was deduplicated");
+    for m in &msgs {
+        let body: Value = serde_json::from_str(m["body"].as_str().unwrap()).unwrap();
+        assert_eq!(m["attributes"]["MessageGroupId"], body["kind"], "{m}");
+        assert_eq!(m["attributes"]["MessageDeduplicationId"], body["ref"], "{m}");
+    }
+}
