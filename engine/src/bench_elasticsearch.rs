@@ -9,7 +9,7 @@
 //! for the sink itself.
 
 use crate::EngineCatalog;
-use crate::bench::generate_input;
+use crate::bench::{cores, cpu_model, cpu_time, generate_input, peak_rss_kib};
 use crate::connectors::elasticsearch::test_server;
 use crate::metrics::Metrics;
 use crate::run::{RunConfig, run};
@@ -138,42 +138,6 @@ pub async fn run_bench(dir: &Path, events: u64, workers: usize) -> anyhow::Resul
         peak_rss_kib: peak_rss_kib(),
         workers,
     })
-}
-
-// The three readers below are the ones `phoenix bench` uses, kept private there.
-
-/// User + system CPU time of this process, from /proc/self/stat (Linux).
-fn cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // USER_HZ is 100 on every Linux architecture we run on.
-    Some(Duration::from_millis(ticks * 10))
-}
-
-/// Peak resident set size (VmHWM) in KiB.
-fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
 }
 
 #[cfg(test)]
