@@ -174,7 +174,8 @@ pub async fn run(
         let (tx, rx) = mpsc::channel::<RawBatch>(raw_queue(config.workers));
         let ctx =
             SourceContext::new(plan.name.clone(), plan.stream.clone(), options, tx, shutdown.clone(), stats.clone())
-                .map_err(|error| RunError::Connector { node: plan.title.clone(), error })?;
+                .map_err(|error| RunError::Connector { node: plan.title.clone(), error })?
+                .with_metadata_read(plan.decoder.metadata_read());
         let title = plan.title.clone();
         source_tasks
             .spawn(async move { source.run(ctx).await.map_err(|error| RunError::Connector { node: title, error }) });

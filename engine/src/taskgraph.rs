@@ -13,7 +13,7 @@
 
 use crate::exec::decode::Decoder;
 use crate::exec::encode::Encoder;
-use crate::exec::pipeline::{Arm, Column, Op, PhysExpr, Pipeline, SinkTarget, Stage, Target};
+use crate::exec::pipeline::{Arm, Column, Op, PhysExpr, Pipeline, SinkTarget, Stage, Target, prune};
 use crate::exec::runtime_schema;
 use crate::metrics::Metrics;
 use arrow_schema::SchemaRef;
@@ -92,6 +92,8 @@ impl TaskGraph {
             let node = &g[i];
             if let NodeKind::Source { name, connector, options } = &node.kind {
                 let title = b.title(i);
+                let pipeline = b.pipeline(i, Port::Out, &node.output, &Encoder::Raw)?;
+                let reads = pipeline.reads(&runtime_schema(&node.output));
                 out.sources.push(SourcePlan {
                     node: i,
                     name: name.clone(),
@@ -99,8 +101,8 @@ impl TaskGraph {
                     title: title.clone(),
                     options: options.clone(),
                     stream: node.output.clone(),
-                    decoder: Arc::new(Decoder::new(&node.output, &title)),
-                    out: Arc::new(b.pipeline(i, Port::Out, &node.output, &Encoder::Raw)?),
+                    decoder: Arc::new(Decoder::new(&node.output, &title, &reads)),
+                    out: Arc::new(pipeline),
                     errors: Arc::new(b.pipeline(i, Port::Errors, &errors_stream, &errors_encoder)?),
                     errors_schema: runtime_schema(&errors_stream),
                 });
@@ -136,6 +138,10 @@ impl TaskGraph {
                 q = raw_queue(workers),
             );
             let _ = writeln!(s, "  workers (fused, ×{workers}): decode against the declared schema, then");
+            let unread = src.decoder.unread();
+            if !unread.is_empty() {
+                let _ = writeln!(s, "    (not read downstream, so validated but not carried: {})", unread.join(", "));
+            }
             describe(&src.out, 2, &names, &mut s);
             if src.errors.is_empty() {
                 let _ = writeln!(s, "    .errors: not wired (counted and logged)");
@@ -276,11 +282,20 @@ impl Builder<'_> {
                     }
                     let fields: Vec<String> = out.record.names().map(String::from).collect();
                     let next = enc.after_select(*star, &names, &fields);
+                    let after = self.pipeline(to, Port::Out, out, &next)?;
+                    // Columns nothing downstream reads are not carried (or filtered) further.
+                    let schema = runtime_schema(out);
+                    let reads = after.reads(&schema);
+                    for (c, &read) in columns.iter_mut().zip(&reads) {
+                        if !read {
+                            *c = Column::Unused;
+                        }
+                    }
                     stage(Op::Project {
                         items: items.iter().map(|(_, x)| self.phys(to, x, stream)).collect::<Result<_, _>>()?,
                         columns,
-                        schema: runtime_schema(out),
-                        out: self.pipeline(to, Port::Out, out, &next)?,
+                        schema: prune(&schema, &reads),
+                        out: after,
                     })
                 }
                 NodeKind::Route { all, arms } => stage(Op::Route {

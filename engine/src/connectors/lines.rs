@@ -60,6 +60,7 @@ pub async fn read_ndjson<R: AsyncRead + Unpin>(
 async fn send_lines(chunk: Bytes, origin: &mut Origin, ctx: &SourceContext) -> Result<(), Stopped> {
     let mut spans: Vec<Range<usize>> = Vec::with_capacity(ctx.batch_size.min(1 << 16));
     let mut lines: Vec<i64> = Vec::new();
+    let line_read = ctx.reads_metadata("line");
     let mut start = 0;
     while start < chunk.len() {
         let end = memchr::memchr(b'\n', &chunk[start..]).map_or(chunk.len(), |i| start + i);
@@ -67,22 +68,27 @@ async fn send_lines(chunk: Bytes, origin: &mut Origin, ctx: &SourceContext) -> R
         let span = trim(&chunk, start..end);
         if !span.is_empty() {
             spans.push(span);
-            lines.push(origin.line);
+            if line_read {
+                lines.push(origin.line);
+            }
             if spans.len() == ctx.batch_size {
-                ctx.send(batch(&chunk, std::mem::take(&mut spans), std::mem::take(&mut lines), origin)).await?;
+                ctx.send(batch(&chunk, std::mem::take(&mut spans), std::mem::take(&mut lines), origin, ctx)).await?;
             }
         }
         start = end + 1;
     }
     if !spans.is_empty() {
-        ctx.send(batch(&chunk, spans, lines, origin)).await?;
+        ctx.send(batch(&chunk, spans, lines, origin, ctx)).await?;
     }
     Ok(())
 }
 
-fn batch(chunk: &Bytes, spans: Vec<Range<usize>>, lines: Vec<i64>, origin: &Origin) -> RawBatch {
-    let mut meta: Vec<(&'static str, ArrayRef)> = vec![("line", Arc::new(Int64Array::from(lines)))];
-    if let Some(f) = &origin.file {
+fn batch(chunk: &Bytes, spans: Vec<Range<usize>>, lines: Vec<i64>, origin: &Origin, ctx: &SourceContext) -> RawBatch {
+    let mut meta: Vec<(&'static str, ArrayRef)> = Vec::new();
+    if ctx.reads_metadata("line") {
+        meta.push(("line", Arc::new(Int64Array::from(lines))));
+    }
+    if let Some(f) = origin.file.as_ref().filter(|_| ctx.reads_metadata("file")) {
         meta.push(("file", Arc::new(StringArray::from_iter_values(std::iter::repeat_n(f.as_ref(), spans.len())))));
     }
     RawBatch { data: chunk.clone(), spans, meta, rejected: Vec::new(), ack: Ack::none() }

@@ -149,6 +149,8 @@ pub struct SourceContext {
     tx: mpsc::Sender<RawBatch>,
     shutdown: CancellationToken,
     stats: Arc<NodeStats>,
+    /// The metadata the flow reads (names without `@`); `None`: all of it.
+    metadata_read: Option<Arc<[String]>>,
 }
 
 /// The flow is shutting down (or the workers are gone): stop reading.
@@ -167,7 +169,19 @@ impl SourceContext {
     ) -> Result<SourceContext, ConnectorError> {
         let batch_size = options.positive("batch_size").map_err(|e| ConnectorError(e.to_string()))?;
         let linger = options.duration("linger").unwrap_or(Duration::from_millis(5));
-        Ok(SourceContext { name, stream, options, batch_size, linger, tx, shutdown, stats })
+        Ok(SourceContext { name, stream, options, batch_size, linger, tx, shutdown, stats, metadata_read: None })
+    }
+
+    /// Only `names` of the source's metadata are read by the flow.
+    pub(crate) fn with_metadata_read(mut self, names: Vec<String>) -> SourceContext {
+        self.metadata_read = Some(names.into());
+        self
+    }
+
+    /// Whether the flow reads metadata `@name`. A source may leave out what it does not (the
+    /// engine fills it with nulls nobody sees), and save building it for every event.
+    pub fn reads_metadata(&self, name: &str) -> bool {
+        self.metadata_read.as_ref().is_none_or(|m| m.iter().any(|n| n == name))
     }
 
     /// Hand a batch to the flow; waits while the flow is busy (backpressure).

@@ -6,8 +6,11 @@
 
 use super::batch::{DeadLetter, RawBatch};
 use super::flat::FlatDecoder;
+use super::pipeline::prune;
 use super::{RAW_COLUMN, runtime_schema};
-use arrow::array::{Array, ArrayRef, BinaryViewBuilder, Int64Array, RecordBatch, UInt32Array, new_null_array};
+use arrow::array::{
+    Array, ArrayRef, BinaryViewBuilder, Int64Array, NullArray, RecordBatch, UInt32Array, new_null_array,
+};
 use arrow::buffer::Buffer;
 use arrow::compute::{concat_batches, take};
 use arrow::json::ReaderBuilder;
@@ -30,23 +33,42 @@ pub struct Decoder {
     record: Arc<Record>,
     /// The one-pass decoder, when every declared field is a scalar.
     flat: Option<FlatDecoder>,
+    /// Per column of `schema`: whether the flow reads it. Unread declared fields are still
+    /// validated; unread columns travel as `NullArray`s.
+    reads: Vec<bool>,
 }
 
 impl Decoder {
-    pub fn new(stream: &StreamType, node: &str) -> Decoder {
+    /// `reads`: per column of the stream's runtime schema, whether the flow reads it (see
+    /// [`crate::exec::pipeline::Pipeline::reads`]); shorter means "read".
+    pub fn new(stream: &StreamType, node: &str, reads: &[bool]) -> Decoder {
         let declared = Arc::new(Schema::new(stream.record.arrow_fields()));
+        let full = runtime_schema(stream);
+        let reads: Vec<bool> = (0..full.fields().len()).map(|i| reads.get(i).copied().unwrap_or(true)).collect();
         Decoder {
-            flat: FlatDecoder::new(&declared),
+            flat: FlatDecoder::new(&declared, &reads[..declared.fields().len()]),
             declared,
-            schema: runtime_schema(stream),
+            schema: prune(&full, &reads),
             meta: stream.metadata.fields.iter().map(|f| f.name.clone()).collect(),
             node: node.to_string(),
             record: stream.record.clone(),
+            reads,
         }
     }
 
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
+    }
+
+    /// The metadata the flow reads (names without `@`): sources need not fill the rest.
+    pub fn metadata_read(&self) -> Vec<String> {
+        let at = self.declared.fields().len();
+        self.meta.iter().enumerate().filter(|(i, _)| self.reads[at + i]).map(|(_, m)| m.clone()).collect()
+    }
+
+    /// Declared fields and metadata nothing reads (validated, not carried), for `explain`.
+    pub fn unread(&self) -> Vec<String> {
+        self.schema.fields().iter().zip(&self.reads).filter(|(_, r)| !**r).map(|(f, _)| f.name().clone()).collect()
     }
 
     /// Decode every payload; those that are not JSON or do not fit the schema come back as
@@ -173,14 +195,19 @@ impl Decoder {
             Some(k) => Box::new(k.iter().map(|&i| i as usize)),
             None => Box::new(0..raw.len()),
         };
-        let mut sizes = Vec::with_capacity(declared.num_rows());
-        let mut payloads = BinaryViewBuilder::with_capacity(declared.num_rows());
+        let rows_out = declared.num_rows();
+        let at = declared.num_columns();
+        let size_read = self.meta.iter().enumerate().any(|(i, m)| m == "size" && self.reads[at + i]);
+        let mut sizes = Vec::with_capacity(if size_read { rows_out } else { 0 });
+        let mut payloads = BinaryViewBuilder::with_capacity(rows_out);
         // Views into the source's buffer (views address it with u32 offsets).
         let block =
             (raw.data.len() <= u32::MAX as usize).then(|| payloads.append_block(Buffer::from(raw.data.clone())));
         for i in rows {
             let span = &raw.spans[i];
-            sizes.push(span.len() as i64);
+            if size_read {
+                sizes.push(span.len() as i64);
+            }
             match block {
                 Some(b) => {
                     payloads.try_append_view(b, span.start as u32, span.len() as u32).map_err(|e| e.to_string())?
@@ -194,10 +221,14 @@ impl Decoder {
                 Some(k) => take(a.as_ref(), &UInt32Array::from(k.to_vec()), None).map_err(|e| e.to_string()),
             }
         };
-        let mut columns: Vec<ArrayRef> = declared.columns().to_vec();
+        let unread = || Arc::new(NullArray::new(rows_out)) as ArrayRef;
+        let mut columns: Vec<ArrayRef> =
+            declared.columns().iter().zip(&self.reads).map(|(c, &r)| if r { c.clone() } else { unread() }).collect();
         for (i, name) in self.meta.iter().enumerate() {
-            let field = self.schema.field(declared.num_columns() + i);
-            let column = if name == "size" {
+            let field = self.schema.field(at + i);
+            let column = if !self.reads[at + i] {
+                unread()
+            } else if name == "size" {
                 Arc::new(Int64Array::from(std::mem::take(&mut sizes))) as ArrayRef
             } else {
                 match raw.meta.iter().find(|(n, _)| n == name) {
@@ -282,7 +313,7 @@ mod tests {
         for l in lines {
             b.push(l.as_bytes());
         }
-        Decoder::new(&stream(), "source s").decode(&b.finish(Vec::new(), Ack::none()))
+        Decoder::new(&stream(), "source s", &[]).decode(&b.finish(Vec::new(), Ack::none()))
     }
 
     #[test]

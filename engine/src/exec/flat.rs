@@ -16,8 +16,8 @@
 
 use arrow::array::builder::NullBufferBuilder;
 use arrow::array::{
-    Array, ArrayRef, AsArray, BinaryArray, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, StringArray,
-    TimestampNanosecondBuilder,
+    Array, ArrayRef, AsArray, BinaryArray, BooleanBuilder, Float64Builder, Int64Builder, NullArray, RecordBatch,
+    StringArray, TimestampNanosecondBuilder,
 };
 use arrow::buffer::{OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef, TimeUnit, TimestampNanosecondType};
@@ -48,9 +48,12 @@ impl Kind {
 /// Decodes batches of a flat schema, or declines (see the module docs).
 #[derive(Debug)]
 pub struct FlatDecoder {
+    /// The declared schema, with fields nothing reads typed `Null`.
     schema: SchemaRef,
     names: Vec<Box<[u8]>>,
     kinds: Vec<Kind>,
+    /// Per field: read by the flow (else validated only, and returned as a `NullArray`).
+    reads: Vec<bool>,
     /// Bit `i` set: field `i` is required (not nullable).
     required: u64,
     all: u64,
@@ -61,7 +64,9 @@ const MAX_DEPTH: usize = 64;
 
 impl FlatDecoder {
     /// `None` unless every field of `declared` is a flat scalar (and there are at most 64).
-    pub fn new(declared: &SchemaRef) -> Option<FlatDecoder> {
+    /// `reads[i]` false: field `i` is checked exactly as if it were read, but not built (a
+    /// shorter `reads` means the rest are read).
+    pub fn new(declared: &SchemaRef, reads: &[bool]) -> Option<FlatDecoder> {
         let fields = declared.fields();
         if fields.is_empty() || fields.len() > 64 {
             return None;
@@ -75,10 +80,12 @@ impl FlatDecoder {
             }
         }
         let all = if fields.len() == 64 { u64::MAX } else { (1u64 << fields.len()) - 1 };
+        let reads: Vec<bool> = (0..fields.len()).map(|i| reads.get(i).copied().unwrap_or(true)).collect();
         Some(FlatDecoder {
-            schema: declared.clone(),
+            schema: super::pipeline::prune(declared, &reads),
             names: fields.iter().map(|f| f.name().as_bytes().into()).collect(),
             kinds,
+            reads,
             required,
             all,
         })
@@ -87,11 +94,16 @@ impl FlatDecoder {
     /// The declared columns for `payloads`, or `None` if any payload needs the general decoder.
     pub fn decode<'a>(&self, payloads: impl ExactSizeIterator<Item = &'a [u8]>) -> Option<RecordBatch> {
         let n = payloads.len();
-        let mut cols: Vec<Col> = self.kinds.iter().map(|&k| Col::new(k, n)).collect();
+        let mut cols: Vec<Col> = self
+            .kinds
+            .iter()
+            .zip(&self.reads)
+            .map(|(&k, &read)| if read { Col::new(k, n) } else { Col::Skip(k) })
+            .collect();
         for p in payloads {
             self.row(p, &mut cols)?;
         }
-        let columns: Vec<ArrayRef> = cols.into_iter().map(Col::finish).collect::<Option<_>>()?;
+        let columns: Vec<ArrayRef> = cols.into_iter().map(|c| c.finish(n)).collect::<Option<_>>()?;
         RecordBatch::try_new(self.schema.clone(), columns).ok()
     }
 
@@ -195,6 +207,27 @@ impl FlatDecoder {
                 }
             },
             Col::Ts(b) => b.append_value(parse_utc(r.raw_string()?.0)?),
+            // The same checks as above, keeping nothing.
+            Col::Skip(kind) => match kind {
+                Kind::Int => {
+                    let (s, integer) = r.number()?;
+                    if !integer {
+                        return None;
+                    }
+                    lexical_core::parse::<i64>(s).ok()?;
+                }
+                Kind::Float => {
+                    lexical_core::parse::<f64>(r.number()?.0).ok()?;
+                }
+                Kind::Str => r.skip_string()?,
+                Kind::Bool => match r.peek()? {
+                    b't' => r.literal(b"true")?,
+                    _ => r.literal(b"false")?,
+                },
+                Kind::Ts => {
+                    parse_utc(r.raw_string()?.0)?;
+                }
+            },
         }
         Some(())
     }
@@ -206,6 +239,8 @@ enum Col {
     Str(StrCol),
     Bool(BooleanBuilder),
     Ts(TimestampNanosecondBuilder),
+    /// A field nothing reads: validated, not built.
+    Skip(Kind),
 }
 
 impl Col {
@@ -229,17 +264,19 @@ impl Col {
             }
             Col::Bool(b) => b.append_null(),
             Col::Ts(b) => b.append_null(),
+            Col::Skip(_) => {}
         }
     }
 
     /// `None` if a string column is not valid UTF-8 (the general decoder explains it).
-    fn finish(self) -> Option<ArrayRef> {
+    fn finish(self, rows: usize) -> Option<ArrayRef> {
         Some(match self {
             Col::Int(mut b) => Arc::new(b.finish()),
             Col::Float(mut b) => Arc::new(b.finish()),
             Col::Str(b) => b.finish()?,
             Col::Bool(mut b) => Arc::new(b.finish()),
             Col::Ts(mut b) => Arc::new(b.finish().with_timezone("UTC")),
+            Col::Skip(_) => Arc::new(NullArray::new(rows)),
         })
     }
 }
@@ -656,7 +693,7 @@ mod tests {
     #[test]
     fn agrees_with_arrow_json_whenever_it_answers() {
         let schema = schema();
-        let flat = FlatDecoder::new(&schema).unwrap();
+        let flat = FlatDecoder::new(&schema, &[]).unwrap();
         let cases = [
             r#"{"id":1,"name":"a","amount":1.5,"ok":true,"ts":"2026-03-01T10:00:00Z"}"#,
             r#" { "id" : -0 , "amount" : 1e3 , "ok" : false } "#,
@@ -691,9 +728,26 @@ mod tests {
             b"{\"id\":1,\"\xe2\x82\":2}",
             "{\"id\":1,\"name\":\"\u{e9}\u{1F525}\"}".as_bytes(),
         ];
+        // Fields the flow does not read are validated all the same: skipping any of them
+        // never changes what is accepted, nor the fields that are built.
+        let masks: Vec<Vec<bool>> = (0..5).map(|skip| (0..5).map(|i| i != skip).collect()).collect();
+        let skipping: Vec<FlatDecoder> = masks.iter().map(|m| FlatDecoder::new(&schema, m).unwrap()).collect();
         let mut answered = 0;
         for case in cases.iter().map(|c| c.as_bytes()).chain(bytes) {
             let ours = flat.decode(std::iter::once(case));
+            for (mask, d) in masks.iter().zip(&skipping) {
+                let partial = d.decode(std::iter::once(case));
+                assert_eq!(partial.is_some(), ours.is_some(), "{mask:?} {}", String::from_utf8_lossy(case));
+                if let (Some(p), Some(o)) = (&partial, &ours) {
+                    for (i, &read) in mask.iter().enumerate() {
+                        if read {
+                            assert_eq!(p.column(i), o.column(i));
+                        } else {
+                            assert_eq!(p.column(i).data_type(), &DataType::Null);
+                        }
+                    }
+                }
+            }
             let theirs = general(&schema, case).filter(|b| b.num_rows() == 1);
             if let Some(ours) = ours {
                 answered += 1;
@@ -710,7 +764,7 @@ mod tests {
             DataType::List(Arc::new(Field::new("item", DataType::Int64, true))),
             true,
         )]));
-        assert!(FlatDecoder::new(&s).is_none());
+        assert!(FlatDecoder::new(&s, &[]).is_none());
     }
 
     #[test]

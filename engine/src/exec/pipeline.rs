@@ -13,12 +13,13 @@ use super::batch::{DeadLetter, SinkBatch};
 use super::encode::Encoder;
 use crate::metrics::NodeStats;
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, TimestampNanosecondArray};
-use arrow::array::{BinaryViewArray, Int64Array};
+use arrow::array::{BinaryViewArray, Int64Array, NullArray};
 use arrow::compute::kernels::boolean::{and_not, not, or};
 use arrow::compute::{cast, filter_record_batch, prep_null_mask_filter};
-use arrow_schema::SchemaRef;
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
 use datafusion_physical_expr::PhysicalExpr;
+use datafusion_physical_expr::utils::collect_columns;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
@@ -80,6 +81,8 @@ pub enum Column {
     Item(usize),
     /// Input column `i`, passed through.
     Input(usize),
+    /// Read by nothing downstream: a `NullArray`, so no stage after this one copies it.
+    Unused,
 }
 
 #[derive(Debug)]
@@ -111,6 +114,67 @@ impl Pipeline {
             match t {
                 Target::Stage(s) => s.push(batch, ack, emit),
                 Target::Sink(s) => isolate(batch, &s.title, None, emit, &mut |b, emit| s.push(b, ack, emit)),
+            }
+        }
+    }
+
+    /// Which columns of its input (`schema`) this pipeline reads: the columns its expressions
+    /// and encoders use, and the raw payload (every stage can make dead letters). The others
+    /// can be left out of the batch (see [`Column::Unused`]); that changes no result.
+    pub fn reads(&self, schema: &Schema) -> Vec<bool> {
+        let mut used = vec![false; schema.fields().len()];
+        if let Ok(i) = schema.index_of(RAW_COLUMN) {
+            used[i] = true;
+        }
+        self.mark(schema, &mut used);
+        used
+    }
+
+    fn mark(&self, schema: &Schema, used: &mut [bool]) {
+        let expr = |e: &PhysExpr, used: &mut [bool]| {
+            for c in collect_columns(e) {
+                if let Some(u) = used.get_mut(c.index()) {
+                    *u = true;
+                }
+            }
+        };
+        for t in &self.targets {
+            match t {
+                Target::Sink(s) => {
+                    s.exprs.iter().for_each(|(_, e)| expr(e, used));
+                    if let Encoder::Patch(fields) | Encoder::Columns(fields) = &s.encoder {
+                        for f in fields {
+                            if let Ok(i) = schema.index_of(f) {
+                                used[i] = true;
+                            }
+                        }
+                    }
+                }
+                Target::Stage(st) => match &st.op {
+                    Op::Filter { predicate, out } => {
+                        expr(predicate, used);
+                        out.mark(schema, used);
+                    }
+                    Op::Route { arms, .. } => {
+                        for a in arms {
+                            if let Some(c) = &a.condition {
+                                expr(c, used);
+                            }
+                            a.out.mark(schema, used);
+                        }
+                    }
+                    // Every item is evaluated (a failing one dead-letters its event), whether or
+                    // not its column is read later; passed-through columns only if they are.
+                    Op::Project { items, columns, schema: projected, out } => {
+                        items.iter().for_each(|e| expr(e, used));
+                        for (c, read) in columns.iter().zip(out.reads(projected)) {
+                            if let (Column::Input(i), true) = (c, read) {
+                                used[*i] = true;
+                            }
+                        }
+                    }
+                    Op::Drop => {}
+                },
             }
         }
     }
@@ -163,6 +227,7 @@ impl Stage {
                     let a = match c {
                         Column::Item(i) => values[*i].clone(),
                         Column::Input(i) => batch.column(*i).clone(),
+                        Column::Unused => Arc::new(NullArray::new(batch.num_rows())),
                     };
                     let a = if a.data_type() == field.data_type() {
                         a
@@ -217,6 +282,18 @@ impl Stage {
         }
         Ok(())
     }
+}
+
+/// `schema` with the columns nobody reads typed `Null`: they travel as `NullArray`s, which
+/// cost nothing to build, filter or slice.
+pub fn prune(schema: &Schema, read: &[bool]) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .zip(read)
+        .map(|(f, &r)| if r { f.as_ref().clone() } else { Field::new(f.name(), DataType::Null, true) })
+        .collect();
+    Arc::new(Schema::new(fields))
 }
 
 /// Run `f` on `batch`; if it fails, on each half, down to single events, which become dead

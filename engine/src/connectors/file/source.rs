@@ -105,10 +105,13 @@ async fn send_array(data: Bytes, name: &str, ctx: &SourceContext) -> Result<(), 
             b.push(item.get().as_bytes());
         }
         let first = (n * ctx.batch_size) as i64;
-        let meta: Vec<(&'static str, ArrayRef)> = vec![
-            ("line", Arc::new(Int64Array::from_iter_values((0..chunk.len() as i64).map(|i| first + i + 1)))),
-            ("file", Arc::new(StringArray::from_iter_values(std::iter::repeat_n(name, chunk.len())))),
-        ];
+        let mut meta: Vec<(&'static str, ArrayRef)> = Vec::new();
+        if ctx.reads_metadata("line") {
+            meta.push(("line", Arc::new(Int64Array::from_iter_values((0..chunk.len() as i64).map(|i| first + i + 1)))));
+        }
+        if ctx.reads_metadata("file") {
+            meta.push(("file", Arc::new(StringArray::from_iter_values(std::iter::repeat_n(name, chunk.len())))));
+        }
         ctx.send(b.finish(meta, Ack::none())).await?;
     }
     Ok(())
