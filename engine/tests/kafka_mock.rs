@@ -254,12 +254,16 @@ async fn oversized_events_go_to_the_sinks_errors() {
     let dir = temp("kafka-mock-large");
     let input = dir.join("in.jsonl");
     let big = "x".repeat(5000);
-    std::fs::write(&input, format!("{{\"id\":1,\"kind\":\"a\"}}\n{{\"id\":2,\"kind\":\"{big}\"}}\n")).unwrap();
+    std::fs::write(
+        &input,
+        format!("{{\"id\":1,\"kind\":\"a\"}}\n{{\"id\":2,\"kind\":\"{big}\"}}\n{{\"id\":3,\"kind\":\"b\"}}\n"),
+    )
+    .unwrap();
     let dead = dir.join("dead.jsonl");
-    // One event per batch, so only the oversized one is refused.
+    // All three in one batch: only the oversized one is refused, its neighbours are delivered.
     let flow = format!(
         r#"schema E {{ id: int, kind: string }}
-source f = file {{ path = "{}", batch_size = 1 }} as E
+source f = file {{ path = "{}" }} as E
 sink k = kafka {{ brokers = env("BROKERS"), topic = "out", max_message_size = 4KiB }}
 sink dead = file {{ path = "{}" }}
 f | k
@@ -273,8 +277,9 @@ k.errors | dead
     let dead = json_lines(&dead);
     assert_eq!(dead.len(), 1);
     assert!(dead[0]["error"].as_str().unwrap().contains("max_message_size"), "{}", dead[0]);
-    let got = read_topic(&brokers, "out", 1, 1, LIMIT);
-    assert_eq!(ids(got.iter().map(|m| m.payload.as_str())), vec![1]);
+    assert!(dead[0]["payload"].as_str().unwrap().starts_with(r#"{"id":2,"#), "{}", dead[0]);
+    let got = read_topic(&brokers, "out", 1, 2, LIMIT);
+    assert_eq!(ids(got.iter().map(|m| m.payload.as_str())), vec![1, 3]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,4 +334,42 @@ k | out
     eprintln!("rebalance: {} events read for 2000 produced ({} duplicates)", seen.len(), seen.len() - 2000);
     let c = committed(&brokers, "shared", "events", 4);
     assert_eq!(c, vec![Some(500); 4], "every partition committed to its end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_refusals_dead_letter_only_the_refused_events() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("out", 1, 1).unwrap();
+    // The broker refuses the first produce request for good: the events in it go to `.errors`
+    // with the broker's reason, every other event of the same flush is delivered, none twice.
+    cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE]);
+    let dir = temp("kafka-mock-refused");
+    let input = write_input(&dir, 300);
+    let dead = dir.join("dead.jsonl");
+    let flow = format!(
+        r#"schema E {{ id: int, kind: string }}
+source f = file {{ path = "{}", batch_size = 100 }} as E
+sink k = kafka {{ brokers = env("BROKERS"), topic = "out", properties = ["linger.ms=50", "batch.num.messages=40"] }}
+sink dead = file {{ path = "{}" }}
+f | k
+k.errors | dead
+"#,
+        input.display(),
+        dead.display()
+    );
+    let run = start(&flow, config(&brokers));
+    run.join().await.unwrap();
+    let dead = json_lines(&dead);
+    assert!(!dead.is_empty() && dead.len() < 300, "some events refused, not all: {}", dead.len());
+    for d in &dead {
+        assert!(d["error"].as_str().unwrap().contains("Kafka refused"), "{d}");
+    }
+    let refused: Vec<i64> = ids(dead.iter().map(|d| d["payload"].as_str().unwrap()));
+    let got = read_topic(&brokers, "out", 1, 300 - refused.len(), LIMIT);
+    let delivered = ids(got.iter().map(|m| m.payload.as_str()));
+    assert_eq!(delivered.len() + refused.len(), 300, "each event exactly once: delivered or refused");
+    let all: BTreeSet<i64> = delivered.iter().chain(&refused).copied().collect();
+    assert_eq!(all, (0..300).collect());
 }

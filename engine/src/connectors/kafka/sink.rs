@@ -1,27 +1,27 @@
 //! The `kafka` sink: an idempotent producer whose delivery reports decide acknowledgements.
 //!
 //! `write` checks a batch (topic per event, sizes) and hands every event to librdkafka, which
-//! batches, compresses and retries on its own for up to `delivery_timeout`. `flush` waits for
-//! every delivery report since the last successful flush:
+//! batches, compresses and retries on its own for up to `delivery_timeout`. Events it can tell
+//! are unsendable (no topic, larger than `max_message_size`) are refused there, one by one, as a
+//! [`WriteError::Partial`]; the rest of the batch goes on. `flush` waits for every delivery
+//! report since the last flush:
 //!
 //! - all delivered: `Ok`, and the engine acknowledges the events to their sources;
-//! - some failed with a transient error (broker away, leader moving, timed out): they are kept
-//!   and `flush` returns [`WriteError::Retryable`]; the engine waits (backoff) and calls `flush`
-//!   again, which re-sends exactly those and waits again. Only failed events are re-sent, and the
-//!   idempotent producer keeps librdkafka's own retries free of duplicates;
-//! - an event the broker refuses for good (too large, invalid): [`WriteError::Fatal`], and the
-//!   engine dead-letters what this flush covered to the sink's `.errors`. Events larger than
-//!   `max_message_size` are refused in `write` before anything is sent, so that batch alone goes
-//!   to `.errors`.
+//! - some failed: [`WriteError::Partial`] names them by position, transient failures (broker
+//!   away, leader moving, timed out) as retryable and refusals for good (too large, invalid) as
+//!   not. The sink forgets them; the engine writes the retryable ones again on their own after
+//!   a backoff and dead-letters the refused ones to `.errors`, so one bad event never takes its
+//!   neighbours with it, and only failed events are re-sent (the idempotent producer keeps
+//!   librdkafka's own retries free of duplicates).
 //!
-//! If the engine gives up on a flush (its retry policy is exhausted and `.errors` is wired), the
-//! next `write` starts afresh: reports still arriving for the abandoned events are ignored.
-//! If librdkafka reports a fatal producer error (the idempotence guarantee broke), the producer
-//! is rebuilt and everything not confirmed is sent again: duplicates are possible then, loss is
-//! not.
+//! If the engine gives up on a flush that failed as a whole (no reports within the delivery
+//! timeout, its retry policy exhausted and `.errors` wired), the next `write` starts afresh:
+//! reports still arriving for the abandoned events are ignored. If librdkafka reports a fatal
+//! producer error (the idempotence guarantee broke), the producer is rebuilt and everything not
+//! confirmed is sent again: duplicates are possible then, loss is not.
 
 use super::config::{client_config, creation_error};
-use crate::connectors::{BoxFuture, ConnectorError, Sink, WriteError};
+use crate::connectors::{BoxFuture, ConnectorError, ItemFailure, PartialFailure, Sink, WriteError};
 use crate::exec::batch::SinkBatch;
 use crate::options::Options;
 use arrow::array::{Array, AsArray, BinaryArray, StringArray};
@@ -104,7 +104,8 @@ pub struct KafkaSink {
     producer: ThreadedProducer<Deliveries>,
     admin: Option<Admin>,
     written: Vec<Written>,
-    /// Events whose delivery failed, to send again on the next flush: (batch, row).
+    /// Events to send again on the next flush, (batch, row): everything unconfirmed after the
+    /// producer was rebuilt.
     failed: Vec<(u32, u32)>,
     /// The last flush failed: if `write` comes next, the engine gave up on those events.
     abandoned: bool,
@@ -371,29 +372,41 @@ impl Sink for KafkaSink {
             self.recover_from_fatal()?;
             let topics = strings(batch, "topic")?
                 .ok_or_else(|| WriteError::Fatal("the sink has no `topic` for these events".into()))?;
-            if topics.null_count() > 0 {
-                return Err(WriteError::Fatal("the `topic` expression is NULL for an event".into()));
-            }
+            // Events that cannot be sent are refused alone; the others go on.
+            let mut refused = Vec::new();
             for i in 0..batch.len() {
                 let size = batch.payloads.value(i).len();
-                if size > self.max_message_size {
-                    return Err(WriteError::Fatal(format!(
+                let error = if topics.is_null(i) {
+                    "the `topic` expression is NULL for this event".to_string()
+                } else if size > self.max_message_size {
+                    format!(
                         "an event of {size} bytes is larger than `max_message_size` ({} bytes)",
                         self.max_message_size
-                    )));
-                }
+                    )
+                } else {
+                    continue;
+                };
+                refused.push(ItemFailure { index: i, retryable: false, error });
             }
-            self.create_topics(&topics).await?;
+            let keys = strings(batch, "key")?;
+            let headers = strings(batch, "headers")?;
+            let mut written = Written { payloads: batch.payloads.clone(), topics, keys, headers };
+            if !refused.is_empty() {
+                if refused.len() == batch.len() {
+                    return Err(WriteError::Partial(PartialFailure { items: refused }));
+                }
+                // Keep only the accepted rows: flush reports count positions among them, as the
+                // engine does once it has cut the refused ones out.
+                let bad: HashSet<usize> = refused.iter().map(|f| f.index).collect();
+                let kept: Vec<u32> = (0..batch.len()).filter(|i| !bad.contains(i)).map(|i| i as u32).collect();
+                written = written.take(&kept)?;
+            }
+            self.create_topics(&written.topics).await?;
             let b = self.written.len() as u32;
-            self.written.push(Written {
-                payloads: batch.payloads.clone(),
-                topics,
-                keys: strings(batch, "key")?,
-                headers: strings(batch, "headers")?,
-            });
-            let rows: Vec<(u32, u32)> = (0..batch.len() as u32).map(|r| (b, r)).collect();
+            let rows: Vec<(u32, u32)> = (0..written.payloads.len() as u32).map(|r| (b, r)).collect();
+            self.written.push(written);
             self.send_all(&rows).await;
-            Ok(())
+            if refused.is_empty() { Ok(()) } else { Err(WriteError::Partial(PartialFailure { items: refused })) }
         })
     }
 
@@ -411,18 +424,46 @@ impl Sink for KafkaSink {
                     return Err(e);
                 }
             };
-            let Some((_, first)) = failures.first() else {
-                self.written.clear();
-                self.abandoned = false;
-                return Ok(());
-            };
-            let message = format!("{} of the events were not delivered: {first}", failures.len());
-            if let Some((_, e)) = failures.iter().find(|(_, e)| permanent(e)) {
-                self.abandoned = true;
-                return Err(WriteError::Fatal(format!("Kafka refused an event: {e}")));
+            // Positions among everything written since the last flush, in write order.
+            let mut starts = Vec::with_capacity(self.written.len());
+            let mut at = 0;
+            for w in &self.written {
+                starts.push(at);
+                at += w.payloads.len();
             }
-            self.failed = failures.into_iter().map(|(id, _)| (id.batch, id.row)).collect();
-            Err(WriteError::Retryable(message))
+            self.written.clear();
+            self.abandoned = false;
+            if failures.is_empty() {
+                return Ok(());
+            }
+            let items = failures
+                .into_iter()
+                .map(|(id, e)| ItemFailure {
+                    index: starts.get(id.batch as usize).map_or(usize::MAX, |s| s + id.row as usize),
+                    retryable: !permanent(&e),
+                    error: if permanent(&e) { format!("Kafka refused the event: {e}") } else { e.to_string() },
+                })
+                .collect();
+            Err(WriteError::Partial(PartialFailure { items }))
+        })
+    }
+}
+
+impl Written {
+    /// The given rows only.
+    fn take(&self, rows: &[u32]) -> Result<Written, WriteError> {
+        let idx = arrow::array::UInt32Array::from(rows.to_vec());
+        let take = |a: &dyn Array| {
+            arrow::compute::take(a, &idx, None).map_err(|e| WriteError::Fatal(format!("selecting events: {e}")))
+        };
+        let strings = |a: &Option<StringArray>| -> Result<Option<StringArray>, WriteError> {
+            a.as_ref().map(|a| Ok(take(a)?.as_string::<i32>().clone())).transpose()
+        };
+        Ok(Written {
+            payloads: take(&self.payloads)?.as_binary::<i32>().clone(),
+            topics: take(&self.topics)?.as_string::<i32>().clone(),
+            keys: strings(&self.keys)?,
+            headers: strings(&self.headers)?,
         })
     }
 }
