@@ -13,7 +13,7 @@
 
 use crate::exec::decode::Decoder;
 use crate::exec::encode::Encoder;
-use crate::exec::pipeline::{Arm, Column, Op, PhysExpr, Pipeline, SinkTarget, Stage, Target, prune};
+use crate::exec::pipeline::{Arm, Column, Narrow, Op, PhysExpr, Pipeline, SinkTarget, Stage, Target, prune};
 use crate::exec::runtime_schema;
 use crate::metrics::Metrics;
 use arrow_schema::SchemaRef;
@@ -261,10 +261,14 @@ impl Builder<'_> {
                         .collect::<Result<_, PlanError>>()?,
                     encoder: enc.clone(),
                 }),
-                NodeKind::Filter { predicate } => stage(Op::Filter {
-                    predicate: self.phys(to, predicate, stream)?,
-                    out: self.pipeline(to, Port::Out, &node.output, enc)?,
-                }),
+                NodeKind::Filter { predicate } => {
+                    let predicate = self.phys(to, predicate, stream)?;
+                    let out = self.pipeline(to, Port::Out, &node.output, enc)?;
+                    // A filter's and a route's events have their input's columns.
+                    let schema = runtime_schema(&node.output);
+                    let narrow = Narrow::new(&schema, &[&predicate], out.reads(&schema));
+                    stage(Op::Filter { predicate, narrow, out })
+                }
                 NodeKind::Project { star, items } => {
                     let input = stream.arrow_schema();
                     let out = &node.output;
@@ -298,9 +302,8 @@ impl Builder<'_> {
                         out: after,
                     })
                 }
-                NodeKind::Route { all, arms } => stage(Op::Route {
-                    all: *all,
-                    arms: arms
+                NodeKind::Route { all, arms } => {
+                    let arms: Vec<Arm> = arms
                         .iter()
                         .enumerate()
                         .map(|(k, a)| {
@@ -309,8 +312,18 @@ impl Builder<'_> {
                                 out: self.pipeline(to, Port::Arm(k), &node.output, enc)?,
                             })
                         })
-                        .collect::<Result<_, PlanError>>()?,
-                }),
+                        .collect::<Result<_, PlanError>>()?;
+                    let schema = runtime_schema(&node.output);
+                    let mut after = vec![false; schema.fields().len()];
+                    for a in &arms {
+                        for (u, r) in after.iter_mut().zip(a.out.reads(&schema)) {
+                            *u |= r;
+                        }
+                    }
+                    let conditions: Vec<&PhysExpr> = arms.iter().filter_map(|a| a.condition.as_ref()).collect();
+                    let narrow = Narrow::new(&schema, &conditions, after);
+                    stage(Op::Route { all: *all, arms, narrow })
+                }
                 NodeKind::Drop => stage(Op::Drop),
                 NodeKind::Source { .. } => return Err(self.err(to, "a source cannot have an input")),
             });

@@ -51,6 +51,9 @@ pub struct FlatDecoder {
     /// The declared schema, with fields nothing reads typed `Null`.
     schema: SchemaRef,
     names: Vec<Box<[u8]>>,
+    /// Each name as a JSON key, quotes included (names with characters JSON escapes never
+    /// match here and take the general path).
+    quoted: Vec<Option<Box<[u8]>>>,
     kinds: Vec<Kind>,
     /// Per field: read by the flow (else validated only, and returned as a `NullArray`).
     reads: Vec<bool>,
@@ -84,6 +87,13 @@ impl FlatDecoder {
         Some(FlatDecoder {
             schema: super::pipeline::prune(declared, &reads),
             names: fields.iter().map(|f| f.name().as_bytes().into()).collect(),
+            quoted: fields
+                .iter()
+                .map(|f| {
+                    let plain = f.name().bytes().all(|c| c >= 0x20 && c != b'"' && c != b'\\');
+                    plain.then(|| format!("\"{}\"", f.name()).into_bytes().into())
+                })
+                .collect(),
             kinds,
             reads,
             required,
@@ -128,12 +138,27 @@ impl FlatDecoder {
             r.i += 1;
         } else {
             loop {
-                let (key, ascii) = r.raw_string()?;
+                // Fields tend to come in declared order: try the next one's key, quotes
+                // included, as a whole before scanning the key byte by byte.
+                let field = match self.quoted.get(hint) {
+                    Some(Some(q)) if r.b.get(r.i..r.i + q.len()) == Some(&q[..]) => {
+                        r.i += q.len();
+                        Some(hint)
+                    }
+                    _ => {
+                        let (key, ascii) = r.raw_string()?;
+                        let f = self.find(key, hint);
+                        // A key equal to a declared name is valid text; any other is checked.
+                        if f.is_none() && !ascii {
+                            checked(key)?;
+                        }
+                        f
+                    }
+                };
                 r.ws();
                 r.eat(b':')?;
                 r.ws();
-                // A key equal to a declared name is valid text; any other is checked as JSON.
-                match self.find(key, hint) {
+                match field {
                     Some(f) => {
                         hint = f + 1;
                         let bit = 1u64 << f;
@@ -143,12 +168,7 @@ impl FlatDecoder {
                         seen |= bit;
                         self.value(f, &mut r, &mut cols[f])?;
                     }
-                    None => {
-                        if !ascii {
-                            checked(key)?;
-                        }
-                        r.skip(0)?;
-                    }
+                    None => r.skip(0)?,
                 }
                 r.ws();
                 match r.next()? {
@@ -206,7 +226,7 @@ impl FlatDecoder {
                     b.append_value(false);
                 }
             },
-            Col::Ts(b) => b.append_value(parse_utc(r.raw_string()?.0)?),
+            Col::Ts(b, day) => b.append_value(parse_utc_with(r.raw_string()?.0, day)?),
             // The same checks as above, keeping nothing.
             Col::Skip(kind) => match kind {
                 Kind::Int => {
@@ -238,7 +258,7 @@ enum Col {
     Float(Float64Builder),
     Str(StrCol),
     Bool(BooleanBuilder),
-    Ts(TimestampNanosecondBuilder),
+    Ts(TimestampNanosecondBuilder, Day),
     /// A field nothing reads: validated, not built.
     Skip(Kind),
 }
@@ -250,7 +270,7 @@ impl Col {
             Kind::Float => Col::Float(Float64Builder::with_capacity(n)),
             Kind::Str => Col::Str(StrCol::with_capacity(n)),
             Kind::Bool => Col::Bool(BooleanBuilder::with_capacity(n)),
-            Kind::Ts => Col::Ts(TimestampNanosecondBuilder::with_capacity(n)),
+            Kind::Ts => Col::Ts(TimestampNanosecondBuilder::with_capacity(n), Day::default()),
         }
     }
 
@@ -263,7 +283,7 @@ impl Col {
                 let _ = b.end(false);
             }
             Col::Bool(b) => b.append_null(),
-            Col::Ts(b) => b.append_null(),
+            Col::Ts(b, _) => b.append_null(),
             Col::Skip(_) => {}
         }
     }
@@ -275,7 +295,7 @@ impl Col {
             Col::Float(mut b) => Arc::new(b.finish()),
             Col::Str(b) => b.finish()?,
             Col::Bool(mut b) => Arc::new(b.finish()),
-            Col::Ts(mut b) => Arc::new(b.finish().with_timezone("UTC")),
+            Col::Ts(mut b, _) => Arc::new(b.finish().with_timezone("UTC")),
             Col::Skip(_) => Arc::new(NullArray::new(rows)),
         })
     }
@@ -491,16 +511,43 @@ fn checked(s: &[u8]) -> Option<&str> {
 /// `YYYY-MM-DDTHH:MM:SS[.f…]Z` as nanoseconds since the epoch; `None` for any other form (the
 /// general decoder handles offsets, spaces and dates alone) or a time outside the i64 range.
 fn parse_utc(s: &[u8]) -> Option<i64> {
+    parse_utc_with(s, &mut Day::default())
+}
+
+/// The last date [`parse_utc_with`] read: events of one batch mostly share their day.
+#[derive(Debug, Default)]
+struct Day {
+    text: [u8; 10],
+    days: Option<i64>,
+}
+
+/// [`parse_utc`], reusing `day` when the date is the one read last.
+fn parse_utc_with(s: &[u8], day: &mut Day) -> Option<i64> {
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let d = s.get(r)?;
         d.iter().all(u8::is_ascii_digit).then(|| d.iter().fold(0i64, |n, &c| n * 10 + i64::from(c - b'0')))
     };
-    if s.len() < 20 || s[4] != b'-' || s[7] != b'-' || s[10] != b'T' || s[13] != b':' || s[16] != b':' {
+    if s.len() < 20 || s[10] != b'T' || s[13] != b':' || s[16] != b':' {
         return None;
     }
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let days = match day.days {
+        Some(d) if day.text == s[..10] => d,
+        _ => {
+            if s[4] != b'-' || s[7] != b'-' {
+                return None;
+            }
+            let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+            if !(1..=12).contains(&m) || d < 1 || d > days_in_month(y, m) {
+                return None;
+            }
+            let days = days_from_civil(y, m, d);
+            day.text.copy_from_slice(&s[..10]);
+            day.days = Some(days);
+            days
+        }
+    };
     let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&m) || d < 1 || d > days_in_month(y, m) || h > 23 || mi > 59 || sec > 59 {
+    if h > 23 || mi > 59 || sec > 59 {
         return None;
     }
     let mut nanos = 0i64;
@@ -516,7 +563,7 @@ fn parse_utc(s: &[u8]) -> Option<i64> {
     if s.get(i..)? != b"Z" {
         return None;
     }
-    let secs = days_from_civil(y, m, d) * 86_400 + h * 3600 + mi * 60 + sec;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec;
     secs.checked_mul(1_000_000_000)?.checked_add(nanos)
 }
 
@@ -559,7 +606,7 @@ enum Values<'a> {
     Float(&'a [f64]),
     Str(&'a arrow::array::StringArray),
     Bool(&'a arrow::array::BooleanArray),
-    Ts(&'a [i64]),
+    Ts(&'a [i64], Date),
 }
 
 /// One JSON object per row of `batch` (every column), or `None` if a column is not flat.
@@ -572,7 +619,7 @@ pub fn write_rows(batch: &RecordBatch) -> Option<BinaryArray> {
             Kind::Float => Values::Float(col.as_primitive::<Float64Type>().values()),
             Kind::Str => Values::Str(col.as_string::<i32>()),
             Kind::Bool => Values::Bool(col.as_boolean()),
-            Kind::Ts => Values::Ts(col.as_primitive::<TimestampNanosecondType>().values()),
+            Kind::Ts => Values::Ts(col.as_primitive::<TimestampNanosecondType>().values(), Date::default()),
         };
         let mut key = vec![if i == 0 { b'{' } else { b',' }];
         serde_json::to_writer(&mut key, f.name()).ok()?;
@@ -588,7 +635,7 @@ pub fn write_rows(batch: &RecordBatch) -> Option<BinaryArray> {
         if columns.is_empty() {
             out.push(b'{');
         }
-        for (key, nulls, values) in &columns {
+        for (key, nulls, values) in &mut columns {
             out.extend_from_slice(key);
             if nulls.as_ref().is_some_and(|n| n.is_null(row)) {
                 out.extend_from_slice(b"null");
@@ -600,7 +647,7 @@ pub fn write_rows(batch: &RecordBatch) -> Option<BinaryArray> {
                 Values::Float(_) => out.extend_from_slice(b"null"),
                 Values::Str(a) => write_str(a.value(row), &mut out),
                 Values::Bool(a) => out.extend_from_slice(if a.value(row) { b"true" } else { b"false" }),
-                Values::Ts(v) => write_utc(v[row], &mut out),
+                Values::Ts(v, date) => write_utc_with(v[row], &mut out, date),
             }
         }
         out.push(b'}');
@@ -624,24 +671,45 @@ fn write_str(s: &str, out: &mut Vec<u8>) {
 /// Nanoseconds since the epoch as a quoted RFC 3339 UTC timestamp, as chrono's
 /// `to_rfc3339_opts(SecondsFormat::AutoSi, true)` writes it (what arrow-json's writer uses):
 /// no fraction, or 3, 6 or 9 digits.
+#[cfg(test)]
 fn write_utc(ns: i64, out: &mut Vec<u8>) {
+    write_utc_with(ns, out, &mut Date::default());
+}
+
+/// The date part of the last timestamp [`write_utc_with`] wrote: rows of a batch mostly share
+/// their day.
+#[derive(Debug, Default)]
+struct Date {
+    day: Option<i64>,
+    text: Vec<u8>,
+}
+
+/// [`write_utc`], reusing `date` when the day is the one written last.
+fn write_utc_with(ns: i64, out: &mut Vec<u8>, date: &mut Date) {
     let secs = ns.div_euclid(1_000_000_000);
     let frac = ns.rem_euclid(1_000_000_000);
-    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let day = secs.div_euclid(86_400);
     let tod = secs.rem_euclid(86_400);
     let two = |out: &mut Vec<u8>, v: i64| out.extend_from_slice(&[b'0' + (v / 10) as u8, b'0' + (v % 10) as u8]);
-    out.push(b'"');
-    if (0..=9999).contains(&y) {
-        two(out, y / 100);
-        two(out, y % 100);
-    } else {
-        // i64 nanoseconds reach only 1677..2262; keep chrono's form for completeness.
-        out.extend_from_slice(format!("{y:+05}").as_bytes());
+    if date.day != Some(day) {
+        let (y, m, d) = civil_from_days(day);
+        let text = &mut date.text;
+        text.clear();
+        if (0..=9999).contains(&y) {
+            two(text, y / 100);
+            two(text, y % 100);
+        } else {
+            // i64 nanoseconds reach only 1677..2262; keep chrono's form for completeness.
+            text.extend_from_slice(format!("{y:+05}").as_bytes());
+        }
+        text.push(b'-');
+        two(text, m);
+        text.push(b'-');
+        two(text, d);
+        date.day = Some(day);
     }
-    out.push(b'-');
-    two(out, m);
-    out.push(b'-');
-    two(out, d);
+    out.push(b'"');
+    out.extend_from_slice(&date.text);
     out.push(b'T');
     two(out, tod / 3600);
     out.push(b':');
@@ -758,6 +826,25 @@ mod tests {
     }
 
     #[test]
+    fn batches_agree_with_arrow_json_across_rows() {
+        // Several rows per batch: the field-order guess and the remembered date carry from one
+        // row to the next and must never change an answer.
+        let schema = schema();
+        let flat = FlatDecoder::new(&schema, &[]).unwrap();
+        let rows = [
+            r#"{"id":1,"name":"a","ts":"2026-03-01T10:00:00Z"}"#,
+            r#"{"ts":"2026-03-01T23:59:59.5Z","id":2}"#,
+            r#"{"id":3,"ts":"2026-03-02T00:00:00Z","name":"c"}"#,
+            r#"{"name":"d","id":4,"ok":true,"ts":"2026-03-01T00:00:01Z"}"#,
+            r#"{"id":5,"x":{"id":9},"ts":"2024-02-29T12:00:00Z"}"#,
+        ];
+        let ours = flat.decode(rows.iter().map(|r| r.as_bytes())).unwrap();
+        assert_eq!(Some(ours), general(&schema, rows.join("\n")));
+        let bad = [r#"{"id":1,"ts":"2026-03-01T10:00:00Z"}"#, r#"{"id":2,"ts":"2026-03-01T24:00:00Z"}"#];
+        assert!(flat.decode(bad.iter().map(|r| r.as_bytes())).is_none());
+    }
+
+    #[test]
     fn declines_nested_schemas() {
         let s = Arc::new(Schema::new(vec![Field::new(
             "l",
@@ -802,6 +889,9 @@ mod tests {
             r#"{"id":1,"name":"é\"\n","amount":119.00000000000001,"ok":true,"ts":"2026-03-01T10:00:00.120Z"}"#,
             r#"{"id":-5,"amount":1e300}"#,
             r#"{"id":7,"amount":0.1,"ts":"1970-01-01T00:00:00Z"}"#,
+            r#"{"id":8,"ts":"1970-01-01T23:59:59.999Z"}"#,
+            r#"{"id":9,"ts":"2026-03-01T00:00:00Z"}"#,
+            r#"{"id":10,"ts":"1969-12-31T23:59:59Z"}"#,
         ];
         let batch = general(&schema, payloads.join("\n")).unwrap();
         let ours = write_rows(&batch).unwrap();

@@ -59,6 +59,8 @@ pub struct Stage {
 pub enum Op {
     Filter {
         predicate: PhysExpr,
+        /// Drops the columns only the predicate reads before filtering.
+        narrow: Option<Narrow>,
         out: Pipeline,
     },
     Project {
@@ -71,8 +73,38 @@ pub enum Op {
     Route {
         all: bool,
         arms: Vec<Arm>,
+        /// Drops the columns only the conditions read before the arms get their rows.
+        narrow: Option<Narrow>,
     },
     Drop,
+}
+
+/// Columns a stage reads but nothing after it does: they become `NullArray`s before the stage
+/// filters, so they are not copied for rows that go on.
+#[derive(Debug)]
+pub struct Narrow {
+    keep: Vec<bool>,
+    schema: SchemaRef,
+}
+
+impl Narrow {
+    /// `None` unless the stage's own expressions (`own`) read a column `after` (what the
+    /// stages after it read, see [`Pipeline::reads`]) does not.
+    pub fn new(schema: &Schema, own: &[&PhysExpr], after: Vec<bool>) -> Option<Narrow> {
+        let only_here =
+            own.iter().flat_map(|e| collect_columns(e)).any(|c| !after.get(c.index()).copied().unwrap_or(true));
+        only_here.then(|| Narrow { schema: prune(schema, &after), keep: after })
+    }
+
+    fn apply(&self, batch: &RecordBatch) -> StageResult<RecordBatch> {
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(&self.keep)
+            .map(|(c, &keep)| if keep { c.clone() } else { Arc::new(NullArray::new(batch.num_rows())) as ArrayRef })
+            .collect();
+        RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| e.to_string())
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -151,7 +183,7 @@ impl Pipeline {
                     }
                 }
                 Target::Stage(st) => match &st.op {
-                    Op::Filter { predicate, out } => {
+                    Op::Filter { predicate, out, .. } => {
                         expr(predicate, used);
                         out.mark(schema, used);
                     }
@@ -215,8 +247,12 @@ impl Stage {
     /// Apply the operator, then (only if it succeeded) hand the results on.
     fn run(&self, batch: &RecordBatch, ack: &Ack, emit: &mut Emit) -> StageResult<()> {
         match &self.op {
-            Op::Filter { predicate, out } => {
-                let keep = filter(&mask(predicate, batch)?, batch)?;
+            Op::Filter { predicate, narrow, out } => {
+                let selected = mask(predicate, batch)?;
+                let keep = match narrow {
+                    Some(n) => filter(&selected, &n.apply(batch)?)?,
+                    None => filter(&selected, batch)?,
+                };
                 self.stats.events_out.inc_by(keep.num_rows() as u64);
                 out.push(&keep, ack, emit);
             }
@@ -242,7 +278,7 @@ impl Stage {
                 self.stats.events_out.inc_by(projected.num_rows() as u64);
                 out.push(&projected, ack, emit);
             }
-            Op::Route { all, arms } => {
+            Op::Route { all, arms, narrow } => {
                 // Evaluate every condition first, so a failure sends nothing on.
                 let conds = arms
                     .iter()
@@ -269,9 +305,11 @@ impl Stage {
                 }
                 // An `else` arm before others would see rows later arms take; the checker puts
                 // `else` last, so each selection is final here.
+                let narrowed = narrow.as_ref().map(|n| n.apply(batch)).transpose()?;
+                let rows = narrowed.as_ref().unwrap_or(batch);
                 let mut outs = Vec::with_capacity(arms.len());
                 for sel in &selections {
-                    outs.push(filter(sel, batch)?);
+                    outs.push(filter(sel, rows)?);
                 }
                 for (arm, b) in arms.iter().zip(outs) {
                     self.stats.events_out.inc_by(b.num_rows() as u64);
