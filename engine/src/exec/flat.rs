@@ -119,12 +119,10 @@ impl FlatDecoder {
 
     /// The declared field named `key`; `hint` is tried first (fields tend to come in order).
     fn find(&self, key: &[u8], hint: usize) -> Option<usize> {
-        // Names are short: a byte loop beats a call to memcmp.
-        let same = |n: &[u8]| n.len() == key.len() && n.iter().zip(key).all(|(a, b)| a == b);
-        if self.names.get(hint).is_some_and(|n| same(n)) {
+        if self.names.get(hint).is_some_and(|n| same(n, key)) {
             return Some(hint);
         }
-        self.names.iter().position(|n| same(n))
+        self.names.iter().position(|n| same(n, key))
     }
 
     fn row(&self, p: &[u8], cols: &mut [Col]) -> Option<()> {
@@ -141,7 +139,7 @@ impl FlatDecoder {
                 // Fields tend to come in declared order: try the next one's key, quotes
                 // included, as a whole before scanning the key byte by byte.
                 let field = match self.quoted.get(hint) {
-                    Some(Some(q)) if r.b.get(r.i..r.i + q.len()) == Some(&q[..]) => {
+                    Some(Some(q)) if r.b.get(r.i..r.i + q.len()).is_some_and(|k| same(k, q)) => {
                         r.i += q.len();
                         Some(hint)
                     }
@@ -406,6 +404,13 @@ impl<'a> Reader<'a> {
     fn raw_string(&mut self) -> Option<(&'a [u8], bool)> {
         self.eat(b'"')?;
         let start = self.i;
+        // Eight bytes at a time while none of them needs a look (the loop below decides).
+        while let Some(chunk) = self.b.get(self.i..self.i + 8) {
+            if needs_look(word(chunk)) {
+                break;
+            }
+            self.i += 8;
+        }
         let mut ascii = true;
         while let Some(&c) = self.b.get(self.i) {
             match c {
@@ -498,6 +503,39 @@ impl<'a> Reader<'a> {
             _ => None,
         }
     }
+}
+
+/// Byte equality, a word at a time. Names are short: this beats a call to memcmp.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut x, mut y) = (a, b);
+    while x.len() >= 8 {
+        let ((xh, xt), (yh, yt)) = (x.split_at(8), y.split_at(8));
+        if word(xh) != word(yh) {
+            return false;
+        }
+        (x, y) = (xt, yt);
+    }
+    x.iter().zip(y).all(|(p, q)| p == q)
+}
+
+/// Eight bytes as one word (`s` is at least eight long; the rest is ignored).
+fn word(s: &[u8]) -> u64 {
+    u64::from_le_bytes(s.get(..8).and_then(|w| w.try_into().ok()).unwrap_or([0; 8]))
+}
+
+/// Whether any byte of `w` may be `"`, `\`, a control character or not ASCII. Never false
+/// when one is (it may be true when none is: the caller then looks byte by byte).
+fn needs_look(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let quote = zero_byte(w ^ (ONES * u64::from(b'"')));
+    let backslash = zero_byte(w ^ (ONES * u64::from(b'\\')));
+    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    (quote | backslash | control | (w & HIGH)) != 0
 }
 
 /// `s` as text if it is valid UTF-8 without control characters (JSON forbids them raw).
@@ -788,6 +826,12 @@ mod tests {
             r#"{"id":1,"x":tru}"#,
             r#"{}"#,
             "{\"id\":1,\"name\":\"tab\there\"}",
+            // Special bytes past the first eight, where strings are scanned a word at a time.
+            r#"{"id":1,"name":"abcdefghij\u00e9","abcdefghijklmnop":"abcdefghijklmnopq\"r"}"#,
+            r#"{"id":1,"name":"abcdefghij日本語"}"#,
+            "{\"id\":1,\"name\":\"abcdefghijk\tl\"}",
+            "{\"id\":1,\"abcdefghijk\tl\":2}",
+            r#"{"id":1,"name":"abcdefgh"}"#,
             "{\"id\":1,\"x\":\"tab\there\"}",
         ];
         let bytes: [&[u8]; 4] = [
@@ -842,6 +886,21 @@ mod tests {
         assert_eq!(Some(ours), general(&schema, rows.join("\n")));
         let bad = [r#"{"id":1,"ts":"2026-03-01T10:00:00Z"}"#, r#"{"id":2,"ts":"2026-03-01T24:00:00Z"}"#];
         assert!(flat.decode(bad.iter().map(|r| r.as_bytes())).is_none());
+    }
+
+    #[test]
+    fn needs_look_never_misses_a_special_byte() {
+        for special in [b'"', b'\\', 0x00, 0x1f, 0x80, 0xff, 0xc3] {
+            for at in 0..8 {
+                let mut w = *b"abcdefgh";
+                w[at] = special;
+                assert!(needs_look(u64::from_le_bytes(w)), "{special:#x} at {at}");
+            }
+        }
+        assert!(!needs_look(u64::from_le_bytes(*b"plain ~ ")));
+        assert!(same(b"\"country\"", b"\"country\""));
+        assert!(!same(b"\"country\"", b"\"countrx\""));
+        assert!(!same(b"\"countr\"", b"\"country\""));
     }
 
     #[test]
