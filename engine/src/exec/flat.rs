@@ -521,6 +521,19 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     x.iter().zip(y).all(|(p, q)| p == q)
 }
 
+/// Whether JSON can hold `b` as it is: no `"`, `\\` or control character (checked a word at a
+/// time; non-ASCII text needs no escaping).
+fn plain(b: &[u8]) -> bool {
+    let ok = |c: &u8| *c >= 0x20 && *c != b'"' && *c != b'\\';
+    let mut chunks = b.chunks_exact(8);
+    for c in &mut chunks {
+        if needs_look(word(c)) && !c.iter().all(ok) {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(ok)
+}
+
 /// Eight bytes as one word (`s` is at least eight long; the rest is ignored).
 fn word(s: &[u8]) -> u64 {
     u64::from_le_bytes(s.get(..8).and_then(|w| w.try_into().ok()).unwrap_or([0; 8]))
@@ -696,7 +709,7 @@ pub fn write_rows(batch: &RecordBatch) -> Option<BinaryArray> {
 
 /// A JSON string as serde_json writes it; text that needs no escaping is copied as it is.
 fn write_str(s: &str, out: &mut Vec<u8>) {
-    if s.bytes().all(|c| c >= 0x20 && c != b'"' && c != b'\\') {
+    if plain(s.as_bytes()) {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
@@ -898,6 +911,18 @@ mod tests {
             }
         }
         assert!(!needs_look(u64::from_le_bytes(*b"plain ~ ")));
+        for (text, want) in [
+            ("", true),
+            ("short", true),
+            ("exactly8", true),
+            ("a longer plain text, é and 日本", true),
+            ("a longer text with a \" quote", false),
+            ("a longer text with a \\ backslash", false),
+            ("a longer text with a \n newline", false),
+            ("tail\u{1f}", false),
+        ] {
+            assert_eq!(plain(text.as_bytes()), want, "{text:?}");
+        }
         assert!(same(b"\"country\"", b"\"country\""));
         assert!(!same(b"\"country\"", b"\"countrx\""));
         assert!(!same(b"\"countr\"", b"\"country\""));
