@@ -107,6 +107,9 @@ pub fn generate_input(path: &Path, events: u64, seed: u64) -> std::io::Result<u6
         out.write_all(&line)?;
     }
     out.flush()?;
+    // On disk before the clock starts: otherwise the kernel writes this input back while the
+    // flow runs, and that work (and its throttling of the flow's own writes) is measured too.
+    out.get_ref().sync_all()?;
     Ok(bytes)
 }
 
