@@ -575,8 +575,10 @@ struct Day {
 /// [`parse_utc`], reusing `day` when the date is the one read last.
 fn parse_utc_with(s: &[u8], day: &mut Day) -> Option<i64> {
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let d = s.get(r)?;
-        d.iter().all(u8::is_ascii_digit).then(|| d.iter().fold(0i64, |n, &c| n * 10 + i64::from(c - b'0')))
+        s.get(r)?.iter().try_fold(0i64, |n, &c| {
+            let d = c.wrapping_sub(b'0');
+            (d < 10).then(|| n * 10 + i64::from(d))
+        })
     };
     if s.len() < 20 || s[10] != b'T' || s[13] != b':' || s[16] != b':' {
         return None;
