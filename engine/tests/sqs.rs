@@ -289,3 +289,51 @@ f | q
         assert_eq!(m["attributes"]["MessageDeduplicationId"], body["ref"], "{m}");
     }
 }
+
+#[test]
+fn refused_events_are_dead_lettered_alone() {
+    let moto = Moto::start();
+    let dir = temp("sqs-refused");
+    let out = create(&moto, "out.fifo", true);
+    let input = dir.join("in.jsonl");
+    // In one batch: an event too large for `max_message_size` and one whose FIFO group id is
+    // NULL are refused with their reasons; their neighbours reach the queue.
+    let big = "x".repeat(300);
+    let text = format!(
+        "{{\"id\":0,\"ref\":\"r0\",\"kind\":\"a\"}}\n{{\"id\":1,\"ref\":\"r1\",\"kind\":\"a\",\"pad\":\"{big}\"}}\n\
+         {{\"id\":2,\"ref\":\"r2\",\"kind\":null}}\n{{\"id\":3,\"ref\":\"r3\",\"kind\":\"b\"}}\n"
+    );
+    std::fs::write(&input, text).unwrap();
+    let flow = dir.join("flow.phx");
+    std::fs::write(
+        &flow,
+        format!(
+            r#"schema E {{ id: int, ref: string, kind: string? }}
+source f = file {{ path = "{}" }} as E
+sink q = sqs {{ queue_url = "{out}", endpoint = "{}", message_group_id = kind, deduplication_id = ref, max_message_size = 200B }}
+sink dead = file {{ path = "{}" }}
+f | q
+q.errors | dead
+"#,
+            input.display(),
+            moto.endpoint(),
+            dir.join("dead.jsonl").display(),
+        ),
+    )
+    .unwrap();
+    let status = wait(run(&flow).take(), Duration::from_secs(60));
+    assert!(status.status.success(), "{}", std::fs::read_to_string(dir.join("phoenix.log")).unwrap_or_default());
+    assert_eq!(ids(&drain(&moto, &out)).into_iter().collect::<BTreeSet<_>>(), [0, 3].into());
+    let dead = support::json_lines(&dir.join("dead.jsonl"));
+    let mut reasons: Vec<(i64, String)> = dead
+        .iter()
+        .map(|d| {
+            let e: Value = serde_json::from_str(d["payload"].as_str().unwrap()).unwrap();
+            (e["id"].as_i64().unwrap(), d["error"].as_str().unwrap().to_string())
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons[0].0 == 1 && reasons[0].1.contains("max_message_size"), "{reasons:?}");
+    assert!(reasons[1].0 == 2 && reasons[1].1.contains("message_group_id"), "{reasons:?}");
+}

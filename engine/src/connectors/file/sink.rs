@@ -20,6 +20,9 @@ pub struct FileSink {
     file: Option<std::fs::File>,
     /// Lines accepted by `write` and not yet in the file.
     buf: Vec<u8>,
+    /// The last flush failed: if `write` comes next instead of another flush, the engine gave
+    /// those events up (dead-lettered them), so their lines must not reach the file later.
+    abandoned: bool,
 }
 
 impl FileSink {
@@ -38,7 +41,7 @@ impl FileSink {
             .truncate(!append)
             .open(p)
             .map_err(|e| ConnectorError(format!("cannot open `{path}` for writing: {e}")))?;
-        Ok(FileSink { path, file: Some(file), buf: Vec::with_capacity(WRITE_AT + (WRITE_AT >> 2)) })
+        Ok(FileSink { path, file: Some(file), buf: Vec::with_capacity(WRITE_AT + (WRITE_AT >> 2)), abandoned: false })
     }
 
     /// Write the whole buffer to the file. On an error the bytes not yet written stay buffered,
@@ -79,6 +82,9 @@ impl FileSink {
 impl Sink for FileSink {
     fn write<'a>(&'a mut self, batch: &'a SinkBatch) -> BoxFuture<'a, Result<(), WriteError>> {
         Box::pin(async move {
+            if std::mem::take(&mut self.abandoned) {
+                self.buf.clear();
+            }
             // Drain before taking the batch: if that fails, the batch was not taken and the
             // engine's retry of this write cannot add its lines twice.
             if self.buf.len() >= WRITE_AT {
@@ -90,7 +96,11 @@ impl Sink for FileSink {
     }
 
     fn flush(&mut self) -> BoxFuture<'_, Result<(), WriteError>> {
-        Box::pin(self.drain())
+        Box::pin(async move {
+            let result = self.drain().await;
+            self.abandoned = result.is_err();
+            result
+        })
     }
 }
 

@@ -1,17 +1,15 @@
 //! The `sqs` sink: SendMessageBatch in tens, `concurrency` requests at a time.
 //!
-//! `write` checks a batch (body sizes, FIFO ids present) and sends it; entries SQS refuses for a
-//! transient reason (throttling, an internal error, a request that failed as a whole) are kept.
-//! `flush` sends the kept entries again and returns [`WriteError::Retryable`] while any still
-//! fail, so the engine's backoff paces the retries and only failed entries are sent again. An
-//! entry refused for its content (a sender fault) cannot succeed: `flush` returns
-//! [`WriteError::Fatal`] and the engine dead-letters what the flush covered. Bodies larger than
-//! `max_message_size` are refused in `write` before anything is sent, so that batch alone goes
-//! to `.errors`. If the engine gives up on a flush (a `write` follows a failed flush), the kept
-//! entries are forgotten: the engine dead-lettered them.
+//! `write` checks every event (body size, UTF-8, FIFO group id present) and sends the ones that
+//! pass; the call returns once SQS has answered for all of them. Events that fail — refused by
+//! the checks or by SQS for their content (a sender fault: never retryable), or not taken for
+//! a transient reason (throttling, an internal error, a request that failed as a whole:
+//! retryable) — come back as one [`WriteError::Partial`], so the engine dead-letters the first
+//! kind and writes the second again on its own after a backoff; every other event of the batch
+//! is in the queue, and none is sent twice by the sink.
 
 use super::client::{QueueConfig, describe};
-use crate::connectors::{BoxFuture, ConnectorError, Sink, WriteError};
+use crate::connectors::{BoxFuture, ConnectorError, ItemFailure, PartialFailure, Sink, WriteError};
 use crate::exec::batch::SinkBatch;
 use crate::options::Options;
 use arrow::array::{Array, AsArray, StringArray};
@@ -28,6 +26,8 @@ const SQS_BATCH: usize = 10;
 /// One event on its way to the queue.
 #[derive(Debug, Clone)]
 struct Entry {
+    /// Its position in the batch being written.
+    row: usize,
     body: String,
     group: Option<String>,
     dedup: Option<String>,
@@ -46,10 +46,6 @@ pub struct SqsSink {
     client: Option<Client>,
     concurrency: usize,
     max_message_size: usize,
-    /// Entries to send again on the next flush.
-    failed: Vec<Refused>,
-    /// The last flush failed: if `write` comes next, the engine gave up on those events.
-    abandoned: bool,
 }
 
 impl std::fmt::Debug for SqsSink {
@@ -67,7 +63,7 @@ impl SqsSink {
             .and_then(|s| usize::try_from(s).ok())
             .filter(|s| (1..=1 << 20).contains(s))
             .ok_or_else(|| ConnectorError::new("option `max_message_size` must be between 1 byte and 1MiB"))?;
-        Ok(SqsSink { queue, client: None, concurrency, max_message_size, failed: Vec::new(), abandoned: false })
+        Ok(SqsSink { queue, client: None, concurrency, max_message_size })
     }
 
     /// Built on first use: loading the AWS configuration is asynchronous.
@@ -155,58 +151,43 @@ fn value(a: &Option<StringArray>, i: usize) -> Option<String> {
 impl Sink for SqsSink {
     fn write<'a>(&'a mut self, batch: &'a SinkBatch) -> BoxFuture<'a, Result<(), WriteError>> {
         Box::pin(async move {
-            if self.abandoned {
-                self.failed.clear();
-                self.abandoned = false;
-            }
             let groups = strings(batch, "message_group_id")?;
             let dedups = strings(batch, "deduplication_id")?;
+            let mut failed = Vec::new();
             let mut entries = Vec::with_capacity(batch.len());
             for i in 0..batch.len() {
+                let refuse = |error: String| ItemFailure { index: i, retryable: false, error };
                 let payload = batch.payloads.value(i);
                 if payload.len() > self.max_message_size {
-                    return Err(WriteError::Fatal(format!(
+                    failed.push(refuse(format!(
                         "an event of {} bytes is larger than `max_message_size` ({} bytes)",
                         payload.len(),
                         self.max_message_size
                     )));
+                    continue;
                 }
-                let body = std::str::from_utf8(payload)
-                    .map_err(|_| WriteError::Fatal("an event is not UTF-8 text, which SQS requires".into()))?;
+                let Ok(body) = std::str::from_utf8(payload) else {
+                    failed.push(refuse("the event is not UTF-8 text, which SQS requires".into()));
+                    continue;
+                };
                 let group = value(&groups, i);
                 if groups.is_some() && group.is_none() {
-                    return Err(WriteError::Fatal("the `message_group_id` expression is NULL for an event".into()));
+                    failed.push(refuse("the `message_group_id` expression is NULL for this event".into()));
+                    continue;
                 }
-                entries.push(Entry { body: body.to_string(), group, dedup: value(&dedups, i) });
+                entries.push(Entry { row: i, body: body.to_string(), group, dedup: value(&dedups, i) });
             }
-            let refused = self.send(entries).await;
-            self.failed.extend(refused);
-            Ok(())
+            for r in self.send(entries).await {
+                let error = if r.permanent { format!("SQS refused the event: {}", r.error) } else { r.error };
+                failed.push(ItemFailure { index: r.entry.row, retryable: !r.permanent, error });
+            }
+            if failed.is_empty() {
+                return Ok(());
+            }
+            failed.sort_by_key(|f| f.index);
+            Err(WriteError::Partial(PartialFailure { items: failed }))
         })
     }
 
-    fn flush(&mut self) -> BoxFuture<'_, Result<(), WriteError>> {
-        Box::pin(async move {
-            if let Some(p) = self.failed.iter().find(|r| r.permanent) {
-                self.abandoned = true;
-                return Err(WriteError::Fatal(format!("SQS refused an event: {}", p.error)));
-            }
-            if self.failed.is_empty() {
-                self.abandoned = false;
-                return Ok(());
-            }
-            let again: Vec<Entry> = std::mem::take(&mut self.failed).into_iter().map(|r| r.entry).collect();
-            self.failed = self.send(again).await;
-            let Some(r) = self.failed.first() else {
-                self.abandoned = false;
-                return Ok(());
-            };
-            let message = format!("{} events not sent to SQS: {}", self.failed.len(), r.error);
-            self.abandoned = true;
-            if self.failed.iter().any(|r| r.permanent) {
-                return Err(WriteError::Fatal(message));
-            }
-            Err(WriteError::Retryable(message))
-        })
-    }
+    // `flush` is the default: every event `write` accepted is already in the queue.
 }
