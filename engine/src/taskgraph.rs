@@ -290,9 +290,12 @@ impl Builder<'_> {
                     // Columns nothing downstream reads are not carried (or filtered) further.
                     let schema = runtime_schema(out);
                     let reads = after.reads(&schema);
-                    for (c, &read) in columns.iter_mut().zip(&reads) {
+                    for ((c, &read), field) in columns.iter_mut().zip(&reads).zip(schema.fields()) {
                         if !read {
-                            *c = Column::Unused;
+                            *c = match c {
+                                Column::Item(i) => Column::UnusedItem(*i, field.data_type().clone()),
+                                _ => Column::Unused,
+                            };
                         }
                     }
                     stage(Op::Project {

@@ -107,7 +107,7 @@ impl Narrow {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Column {
     /// The value of `select` item `i`.
     Item(usize),
@@ -115,6 +115,9 @@ pub enum Column {
     Input(usize),
     /// Read by nothing downstream: a `NullArray`, so no stage after this one copies it.
     Unused,
+    /// `select` item `i`, read by nothing downstream: still evaluated and cast to its type
+    /// (either can fail and dead-letter the event), then carried as a `NullArray`.
+    UnusedItem(usize, DataType),
 }
 
 #[derive(Debug)]
@@ -264,6 +267,12 @@ impl Stage {
                         Column::Item(i) => values[*i].clone(),
                         Column::Input(i) => batch.column(*i).clone(),
                         Column::Unused => Arc::new(NullArray::new(batch.num_rows())),
+                        Column::UnusedItem(i, ty) => {
+                            if values[*i].data_type() != ty {
+                                cast(&values[*i], ty).map_err(|e| e.to_string())?;
+                            }
+                            Arc::new(NullArray::new(batch.num_rows()))
+                        }
                     };
                     let a = if a.data_type() == field.data_type() {
                         a

@@ -23,6 +23,8 @@ pub struct FileSink {
     /// The last flush failed: if `write` comes next instead of another flush, the engine gave
     /// those events up (dead-lettered them), so their lines must not reach the file later.
     abandoned: bool,
+    /// The file ends inside a line: a write stopped part-way through it.
+    torn: bool,
 }
 
 impl FileSink {
@@ -37,22 +39,31 @@ impl FileSink {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(append)
+            .read(true)
             .write(true)
             .truncate(!append)
             .open(p)
             .map_err(|e| ConnectorError(format!("cannot open `{path}` for writing: {e}")))?;
-        Ok(FileSink { path, file: Some(file), buf: Vec::with_capacity(WRITE_AT + (WRITE_AT >> 2)), abandoned: false })
+        let mut buf = Vec::with_capacity(WRITE_AT + (WRITE_AT >> 2));
+        // A file an earlier run left ending inside a line (it was killed mid-write, or gave up
+        // on a full disk): start on a new line, so that fragment cannot swallow our first event.
+        if append && !ends_with_newline(&file) {
+            buf.push(b'\n');
+        }
+        Ok(FileSink { path, file: Some(file), buf, abandoned: false, torn: false })
     }
 
     /// Write the whole buffer to the file. On an error the bytes not yet written stay buffered,
-    /// so a retry continues exactly where the file ends and no line is written twice or torn.
+    /// so a retry continues exactly where the file ends: no byte is written twice.
     async fn drain(&mut self) -> Result<(), WriteError> {
         if self.buf.is_empty() {
             return Ok(());
         }
         let failed = |e: String| WriteError::Retryable(format!("writing `{}`: {e}", self.path));
-        let Some(mut file) = self.file.take() else {
-            return Err(failed("the file was lost when an earlier write panicked".into()));
+        let mut file = match self.file.take() {
+            Some(f) => f,
+            // Lost with a write task that panicked: open it again where it ends.
+            None => std::fs::OpenOptions::new().append(true).open(&self.path).map_err(|e| failed(e.to_string()))?,
         };
         let mut buf = std::mem::take(&mut self.buf);
         let (file, buf, result) = tokio::task::spawn_blocking(move || {
@@ -68,22 +79,48 @@ impl FileSink {
                     Err(e) => break Err(e),
                 }
             };
+            let torn = (done > 0).then(|| buf[done - 1] != b'\n');
             buf.drain(..done);
-            (file, buf, result)
+            (file, buf, (result, torn))
         })
         .await
         .map_err(|e| failed(e.to_string()))?;
         self.file = Some(file);
         self.buf = buf;
+        let (result, torn) = result;
+        if let Some(t) = torn {
+            self.torn = t;
+        }
         result.map_err(|e| failed(e.to_string()))
     }
+
+    /// Forget the lines of a group the engine gave up on (it dead-lettered their events), but
+    /// finish a line the file ends inside: a duplicate of that one event, never a broken line.
+    fn forget(&mut self) {
+        let keep = if self.torn { self.buf.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1) } else { 0 };
+        self.buf.truncate(keep);
+    }
+}
+
+/// Whether `file` is empty or its last byte is a newline (unknown counts as yes).
+fn ends_with_newline(file: &std::fs::File) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(len) = file.metadata().map(|m| m.len()) else { return true };
+    if len == 0 {
+        return true;
+    }
+    let mut f = file;
+    let mut last = [0u8; 1];
+    // Appends always go to the end, so moving the shared cursor here changes nothing.
+    let read = f.seek(SeekFrom::Start(len - 1)).and_then(|_| f.read_exact(&mut last));
+    read.is_err() || last[0] == b'\n'
 }
 
 impl Sink for FileSink {
     fn write<'a>(&'a mut self, batch: &'a SinkBatch) -> BoxFuture<'a, Result<(), WriteError>> {
         Box::pin(async move {
             if std::mem::take(&mut self.abandoned) {
-                self.buf.clear();
+                self.forget();
             }
             // Drain before taking the batch: if that fails, the batch was not taken and the
             // engine's retry of this write cannot add its lines twice.
@@ -118,6 +155,23 @@ mod tests {
             fields: Vec::new(),
             ack: Ack::none(),
         }
+    }
+
+    #[test]
+    fn an_appended_file_left_inside_a_line_gets_a_newline_first() {
+        let path = std::env::temp_dir().join(format!("phoenix-file-sink-torn-{}.jsonl", std::process::id()));
+        std::fs::write(&path, "{\"id\":1}\n{\"id\":2,\"pa").unwrap();
+        let written = vec![("path".to_string(), OptionValue::String(path.display().to_string()))];
+        let options = Options::resolve("out", &super::super::sink_spec(), &written, &Settings::default()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let mut sink = FileSink::new(&options).unwrap();
+            sink.write(&batch(&["{\"id\":3}"])).await.unwrap();
+            sink.flush().await.unwrap();
+        });
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"id\":1}\n{\"id\":2,\"pa\n{\"id\":3}\n");
+        std::fs::remove_file(&path).ok();
     }
 
     #[tokio::test]

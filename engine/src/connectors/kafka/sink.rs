@@ -366,7 +366,9 @@ fn strings(batch: &SinkBatch, name: &str) -> Result<Option<StringArray>, WriteEr
 impl Sink for KafkaSink {
     fn write<'a>(&'a mut self, batch: &'a SinkBatch) -> BoxFuture<'a, Result<(), WriteError>> {
         Box::pin(async move {
-            if self.abandoned || !self.failed.is_empty() {
+            // Only a flush that failed as a whole leaves events behind for the engine to give
+            // up on; `failed` (unconfirmed events after a rebuilt producer) is sent at flush.
+            if self.abandoned {
                 self.start_over();
             }
             self.recover_from_fatal()?;
@@ -412,7 +414,10 @@ impl Sink for KafkaSink {
 
     fn flush(&mut self) -> BoxFuture<'_, Result<(), WriteError>> {
         Box::pin(async move {
-            self.recover_from_fatal()?;
+            if let Err(e) = self.recover_from_fatal() {
+                self.abandoned = true;
+                return Err(e);
+            }
             if !self.failed.is_empty() {
                 let again = std::mem::take(&mut self.failed);
                 self.send_all(&again).await;

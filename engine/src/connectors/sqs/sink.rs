@@ -114,18 +114,32 @@ async fn send_batch(client: &Client, url: &str, chunk: Vec<Entry>) -> Vec<Refuse
         }
     }
     match request.send().await {
-        Ok(out) => out
-            .failed
-            .into_iter()
-            .filter_map(|f| {
-                let entry = chunk.get(f.id.parse::<usize>().ok()?)?.clone();
-                Some(Refused {
-                    entry,
-                    permanent: f.sender_fault,
-                    error: format!("{}: {}", f.code, f.message.unwrap_or_default()),
+        Ok(out) => {
+            // Only an entry SQS lists as successful is in the queue; one it does not mention
+            // at all is sent again rather than assumed delivered.
+            let mut refused: Vec<Option<Refused>> = chunk
+                .iter()
+                .map(|entry| {
+                    Some(Refused {
+                        entry: entry.clone(),
+                        permanent: false,
+                        error: "SQS did not report on this entry".into(),
+                    })
                 })
-            })
-            .collect(),
+                .collect();
+            for ok in &out.successful {
+                if let Some(r) = ok.id.parse::<usize>().ok().and_then(|i| refused.get_mut(i)) {
+                    *r = None;
+                }
+            }
+            for f in out.failed {
+                if let Some(Some(r)) = f.id.parse::<usize>().ok().and_then(|i| refused.get_mut(i)) {
+                    r.permanent = f.sender_fault;
+                    r.error = format!("{}: {}", f.code, f.message.unwrap_or_default());
+                }
+            }
+            refused.into_iter().flatten().collect()
+        }
         Err(e) => {
             let error = describe(&e);
             chunk.into_iter().map(|entry| Refused { entry, permanent: false, error: error.clone() }).collect()
