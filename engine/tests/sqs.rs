@@ -84,6 +84,31 @@ fn ids(msgs: &[Value]) -> Vec<i64> {
         .collect()
 }
 
+/// Every receive the flow processed, per message id: the receive counts SQS gave them.
+fn receives(dir: &Path) -> BTreeMap<i64, Vec<i64>> {
+    let mut out: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for m in support::json_lines(&dir.join("meta.jsonl")) {
+        out.entry(m["id"].as_i64().unwrap()).or_default().push(m["receives"].as_i64().unwrap());
+    }
+    out
+}
+
+/// Phoenix processes each receive once and writes each processed event once: a message seen k
+/// times (in the metadata file, or in the output) was received at least k times, which its
+/// latest receive count says.
+fn check_receives(copies: &BTreeMap<i64, Vec<i64>>, out: &[i64]) {
+    let mut written: BTreeMap<i64, i64> = BTreeMap::new();
+    for id in out {
+        *written.entry(*id).or_default() += 1;
+    }
+    for (id, r) in copies {
+        let most = *r.iter().max().unwrap();
+        assert!(most >= r.len() as i64, "message {id} processed {} times but received {most} times", r.len());
+        let w = written.get(id).copied().unwrap_or(0);
+        assert!(most >= w, "event {id} written {w} times but received {most} times");
+    }
+}
+
 /// SQS in → where → SQS out (possibly on another server), poison to a file, metadata to another.
 fn flow(dir: &Path, source: (&Moto, &str), sink: (&Moto, &str), visibility: &str) -> PathBuf {
     let p = dir.join("flow.phx");
@@ -169,13 +194,30 @@ fn every_message_is_delivered_and_deleted() {
     let got = ids(&drain(&moto, &output));
     let unique: BTreeSet<i64> = got.iter().copied().collect();
     assert_eq!(unique, expected(300, &poison), "every event delivered");
-    // At least once: an event is written twice only if SQS handed its message out twice (a
-    // receive whose answer was lost, on a machine too busy for moto to answer in time).
-    let again = support::json_lines(&dir.join("meta.jsonl")).iter().filter(|m| m["receives"] != 1).count();
+    // Why a message is received twice here with a 30 s visibility timeout; found by running this
+    // flow by hand against moto 5 (300 messages, 3 pollers). Neither is the source handing one
+    // receive to the flow twice, and the extension task is not involved (nothing is slow):
+    // 1. moto's ReceiveMessage is not atomic. moto_server answers each request on its own
+    //    thread, and `SQSBackend.receive_message` tests `message.visible` and then marks the
+    //    message received with no lock in between, so two pollers can take the same message at
+    //    the same instant (getmoto/moto#519). It shows as two copies whose receive counts are 1
+    //    and 2 (or 2 and 2): 1–2 messages a run against plain moto; none in 4 runs against the
+    //    same moto with a lock around `receive_message`; and boto3 threads alone, without
+    //    Phoenix, get them too.
+    // 2. A receive the client gave up on. When moto (at ~90% CPU on a busy machine) answers
+    //    later than the attempt timeout (`wait_time` + 10 s), the messages it then hands to the
+    //    closed connection stay hidden for the visibility timeout and come back with a receive
+    //    count of 2, one copy each. Freezing moto for 14 s mid-run gives exactly 30 of them
+    //    (3 pollers × 10) and no duplicate. That fits the 19–26 messages received twice with
+    //    no error logged in an earlier run on a loaded machine: the SDK retried such attempts
+    //    silently. The source now retries them itself and logs a warning, checked below.
+    let copies = receives(&dir);
+    check_receives(&copies, &got);
+    let unseen = copies.values().filter(|r| r.len() == 1 && r[0] > 1).count();
+    let log = std::fs::read_to_string(dir.join("phoenix.log")).unwrap_or_default();
     assert!(
-        got.len() - unique.len() <= again,
-        "{} duplicates, {again} messages received twice",
-        got.len() - unique.len()
+        unseen == 0 || log.contains("ReceiveMessage failed"),
+        "{unseen} messages were received by a request Phoenix never got an answer to, and no failed receive was logged"
     );
     let dead: BTreeSet<String> = support::json_lines(&dir.join("dead.jsonl"))
         .iter()
@@ -210,10 +252,12 @@ fn sigkill_mid_stream_then_restart_loses_nothing() {
         *counts.entry(*id).or_insert(0) += 1;
     }
     assert_eq!(counts.keys().copied().collect::<BTreeSet<_>>(), expected(n, &[]), "no message lost");
-    // Duplicates: messages the killed process received and may have written but not deleted.
+    // Duplicates: messages the killed process received and may have written but not deleted,
+    // each received again by the second process.
     let duplicates = got.len() - counts.len();
-    let redelivered = support::json_lines(&dir.join("meta.jsonl")).iter().filter(|m| m["receives"] != 1).count();
-    assert!(duplicates <= redelivered, "{duplicates} duplicates but only {redelivered} messages were received twice");
+    let copies = receives(&dir);
+    check_receives(&copies, &got);
+    let redelivered = copies.values().filter(|r| r.iter().any(|n| *n > 1)).count();
     eprintln!("sqs sigkill: {} messages out, {duplicates} duplicates, {redelivered} received again", got.len());
 }
 
