@@ -194,23 +194,29 @@ fn every_message_is_delivered_and_deleted() {
     let got = ids(&drain(&moto, &output));
     let unique: BTreeSet<i64> = got.iter().copied().collect();
     assert_eq!(unique, expected(300, &poison), "every event delivered");
-    // Why a message is received twice here with a 30 s visibility timeout; found by running this
-    // flow by hand against moto 5 (300 messages, 3 pollers). Neither is the source handing one
-    // receive to the flow twice, and the extension task is not involved (nothing is slow):
-    // 1. moto's ReceiveMessage is not atomic. moto_server answers each request on its own
-    //    thread, and `SQSBackend.receive_message` tests `message.visible` and then marks the
-    //    message received with no lock in between, so two pollers can take the same message at
-    //    the same instant (getmoto/moto#519). It shows as two copies whose receive counts are 1
-    //    and 2 (or 2 and 2): 1–2 messages a run against plain moto; none in 4 runs against the
-    //    same moto with a lock around `receive_message`; and boto3 threads alone, without
-    //    Phoenix, get them too.
-    // 2. A receive the client gave up on. When moto (at ~90% CPU on a busy machine) answers
-    //    later than the attempt timeout (`wait_time` + 10 s), the messages it then hands to the
-    //    closed connection stay hidden for the visibility timeout and come back with a receive
-    //    count of 2, one copy each. Freezing moto for 14 s mid-run gives exactly 30 of them
-    //    (3 pollers × 10) and no duplicate. That fits the 19–26 messages received twice with
-    //    no error logged in an earlier run on a loaded machine: the SDK retried such attempts
-    //    silently. The source now retries them itself and logs a warning, checked below.
+    // Why messages are received twice here despite a 30 s visibility timeout and no error
+    // logged (19–26 in an earlier run); found by running this flow and plain boto3 against
+    // moto 5 (300 messages). None is the source handing one receive to the flow twice, nor a
+    // late visibility extension (batches are settled in well under 10 s):
+    // 1. moto loses deletes. `Queue.delete_message` rebuilds `self._messages` without the
+    //    deleted message and assigns it back, unlocked, while moto_server runs each request on
+    //    its own thread; two DeleteMessageBatch calls at once can each write back a list that
+    //    still holds the other's messages. Every entry answers success, and the lost batch
+    //    comes back whole after the visibility timeout with receive count 2. Seen here as a
+    //    receive batch of exactly 10 messages written again 30 s later (receives 1, then 2);
+    //    boto3 alone, deleting 300 received messages from 6 threads, left 20 and 30 of them in
+    //    the queue in two runs (1 thread: none). Phoenix deletes each batch once it is
+    //    delivered, so batches are deleted concurrently.
+    // 2. moto's ReceiveMessage is not atomic either: it tests `message.visible`, then marks
+    //    the message received, so two pollers can take one message at the same instant
+    //    (getmoto/moto#519): two copies side by side, receive counts 1 and 2 (or 2 and 2).
+    //    1–2 a run; none with a lock around moto's `receive_message`.
+    // 3. A receive the client gave up on (moto answering later than `wait_time` + 10 s on a
+    //    busy machine) hands its messages to a closed connection; they come back after the
+    //    visibility timeout with receive count 2, one copy each: freezing moto for 14 s
+    //    mid-run gave 30 (3 pollers × 10) and no duplicate. The SDK used to retry such an
+    //    attempt silently; the source now retries it itself and logs a warning, checked below.
+    // In every case a message written k times was received k times, which is what is checked.
     let copies = receives(&dir);
     check_receives(&copies, &got);
     let unseen = copies.values().filter(|r| r.len() == 1 && r[0] > 1).count();
