@@ -84,6 +84,31 @@ fn ids(msgs: &[Value]) -> Vec<i64> {
         .collect()
 }
 
+/// Every receive the flow processed, per message id: the receive counts SQS gave them.
+fn receives(dir: &Path) -> BTreeMap<i64, Vec<i64>> {
+    let mut out: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for m in support::json_lines(&dir.join("meta.jsonl")) {
+        out.entry(m["id"].as_i64().unwrap()).or_default().push(m["receives"].as_i64().unwrap());
+    }
+    out
+}
+
+/// Phoenix processes each receive once and writes each processed event once: a message seen k
+/// times (in the metadata file, or in the output) was received at least k times, which its
+/// latest receive count says.
+fn check_receives(copies: &BTreeMap<i64, Vec<i64>>, out: &[i64]) {
+    let mut written: BTreeMap<i64, i64> = BTreeMap::new();
+    for id in out {
+        *written.entry(*id).or_default() += 1;
+    }
+    for (id, r) in copies {
+        let most = *r.iter().max().unwrap();
+        assert!(most >= r.len() as i64, "message {id} processed {} times but received {most} times", r.len());
+        let w = written.get(id).copied().unwrap_or(0);
+        assert!(most >= w, "event {id} written {w} times but received {most} times");
+    }
+}
+
 /// SQS in → where → SQS out (possibly on another server), poison to a file, metadata to another.
 fn flow(dir: &Path, source: (&Moto, &str), sink: (&Moto, &str), visibility: &str) -> PathBuf {
     let p = dir.join("flow.phx");
@@ -169,13 +194,36 @@ fn every_message_is_delivered_and_deleted() {
     let got = ids(&drain(&moto, &output));
     let unique: BTreeSet<i64> = got.iter().copied().collect();
     assert_eq!(unique, expected(300, &poison), "every event delivered");
-    // At least once: an event is written twice only if SQS handed its message out twice (a
-    // receive whose answer was lost, on a machine too busy for moto to answer in time).
-    let again = support::json_lines(&dir.join("meta.jsonl")).iter().filter(|m| m["receives"] != 1).count();
+    // Why messages are received twice here despite a 30 s visibility timeout and no error
+    // logged (19–26 in an earlier run); found by running this flow and plain boto3 against
+    // moto 5 (300 messages). None is the source handing one receive to the flow twice, nor a
+    // late visibility extension (batches are settled in well under 10 s):
+    // 1. moto loses deletes. `Queue.delete_message` rebuilds `self._messages` without the
+    //    deleted message and assigns it back, unlocked, while moto_server runs each request on
+    //    its own thread; two DeleteMessageBatch calls at once can each write back a list that
+    //    still holds the other's messages. Every entry answers success, and the lost batch
+    //    comes back whole after the visibility timeout with receive count 2. Seen here as a
+    //    receive batch of exactly 10 messages written again 30 s later (receives 1, then 2);
+    //    boto3 alone, deleting 300 received messages from 6 threads, left 20 and 30 of them in
+    //    the queue in two runs (1 thread: none). Phoenix deletes each batch once it is
+    //    delivered, so batches are deleted concurrently.
+    // 2. moto's ReceiveMessage is not atomic either: it tests `message.visible`, then marks
+    //    the message received, so two pollers can take one message at the same instant
+    //    (getmoto/moto#519): two copies side by side, receive counts 1 and 2 (or 2 and 2).
+    //    1–2 a run; none with a lock around moto's `receive_message`.
+    // 3. A receive the client gave up on (moto answering later than `wait_time` + 10 s on a
+    //    busy machine) hands its messages to a closed connection; they come back after the
+    //    visibility timeout with receive count 2, one copy each: freezing moto for 14 s
+    //    mid-run gave 30 (3 pollers × 10) and no duplicate. The SDK used to retry such an
+    //    attempt silently; the source now retries it itself and logs a warning, checked below.
+    // In every case a message written k times was received k times, which is what is checked.
+    let copies = receives(&dir);
+    check_receives(&copies, &got);
+    let unseen = copies.values().filter(|r| r.len() == 1 && r[0] > 1).count();
+    let log = std::fs::read_to_string(dir.join("phoenix.log")).unwrap_or_default();
     assert!(
-        got.len() - unique.len() <= again,
-        "{} duplicates, {again} messages received twice",
-        got.len() - unique.len()
+        unseen == 0 || log.contains("ReceiveMessage failed"),
+        "{unseen} messages were received by a request Phoenix never got an answer to, and no failed receive was logged"
     );
     let dead: BTreeSet<String> = support::json_lines(&dir.join("dead.jsonl"))
         .iter()
@@ -210,10 +258,12 @@ fn sigkill_mid_stream_then_restart_loses_nothing() {
         *counts.entry(*id).or_insert(0) += 1;
     }
     assert_eq!(counts.keys().copied().collect::<BTreeSet<_>>(), expected(n, &[]), "no message lost");
-    // Duplicates: messages the killed process received and may have written but not deleted.
+    // Duplicates: messages the killed process received and may have written but not deleted,
+    // each received again by the second process.
     let duplicates = got.len() - counts.len();
-    let redelivered = support::json_lines(&dir.join("meta.jsonl")).iter().filter(|m| m["receives"] != 1).count();
-    assert!(duplicates <= redelivered, "{duplicates} duplicates but only {redelivered} messages were received twice");
+    let copies = receives(&dir);
+    check_receives(&copies, &got);
+    let redelivered = copies.values().filter(|r| r.iter().any(|n| *n > 1)).count();
     eprintln!("sqs sigkill: {} messages out, {duplicates} duplicates, {redelivered} received again", got.len());
 }
 

@@ -9,6 +9,7 @@ SQS. Nothing here shares code with Phoenix, so a test that writes with Phoenix a
                                       (JSON lines: partition, offset, key, value, headers; stops after
                                        COUNT messages, SECONDS, or IDLE seconds without a message)
   clients.py kafka-committed BROKERS GROUP TOPIC PARTITIONS      (JSON list, null where nothing is committed)
+  clients.py kafka-topics BROKERS                                (JSON object: topic -> partitions)
   clients.py sqs-create ENDPOINT NAME [fifo]                     (prints the queue URL)
   clients.py sqs-send ENDPOINT URL < payloads                    (SendMessageBatch in tens)
   clients.py sqs-receive ENDPOINT URL COUNT SECONDS              (receives and deletes; JSON lines)
@@ -87,6 +88,13 @@ def kafka_committed(brokers, group, topic, partitions):
     c.close()
 
 
+def kafka_topics(brokers):
+    from confluent_kafka.admin import AdminClient
+
+    md = AdminClient({"bootstrap.servers": brokers}).list_topics(timeout=30)
+    print(json.dumps({t: len(m.partitions) for t, m in md.topics.items() if not t.startswith("__")}))
+
+
 def sqs(endpoint):
     import boto3
 
@@ -135,6 +143,7 @@ COMMANDS = {
     "kafka-produce": kafka_produce,
     "kafka-read": kafka_read,
     "kafka-committed": kafka_committed,
+    "kafka-topics": kafka_topics,
     "sqs-create": sqs_create,
     "sqs-send": sqs_send,
     "sqs-receive": sqs_receive,

@@ -72,9 +72,15 @@ impl KafkaSource {
         // Offsets are committed by hand, and only once events are delivered; properties the
         // user set win over the defaults below, except the ones delivery depends on.
         // A short heartbeat shortens the window in which a joining member makes commits fail
-        // (REBALANCE_IN_PROGRESS), which is what a rebalance replays.
-        for (k, v) in [("session.timeout.ms", "10000"), ("heartbeat.interval.ms", "1000"), ("fetch.wait.max.ms", "100")]
-        {
+        // (REBALANCE_IN_PROGRESS), which is what a rebalance replays. A subscribed topic created
+        // after the group formed (by a sink's `create_topics`, say) is found only by a periodic
+        // metadata refresh: every 10 s, not librdkafka's 5 minutes.
+        for (k, v) in [
+            ("session.timeout.ms", "10000"),
+            ("heartbeat.interval.ms", "1000"),
+            ("fetch.wait.max.ms", "100"),
+            ("topic.metadata.refresh.interval.ms", "10000"),
+        ] {
             if config.get(k).is_none() {
                 config.set(k, v);
             }

@@ -23,6 +23,8 @@ use crate::exec::batch::RawBatchBuilder;
 use crate::options::Options;
 use arrow::array::{ArrayRef, Int64Array, StringArray};
 use aws_sdk_sqs::Client;
+use aws_sdk_sqs::config::retry::RetryConfig;
+use aws_sdk_sqs::error::SdkError;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName,
 };
@@ -149,6 +151,11 @@ async fn poll(shared: Arc<Shared>, ctx: Arc<SourceContext>, settle: tokio::sync:
                 .wait_time_seconds(wait.as_secs() as i32)
                 .visibility_timeout(shared.visibility.as_secs() as i32)
                 .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+                // No SDK retries: an attempt that timed out may have received messages, which
+                // stay hidden for `visibility_timeout` and then come back. The loop below
+                // retries and says so, where the SDK would retry silently.
+                .customize()
+                .config_override(aws_sdk_sqs::config::Builder::default().retry_config(RetryConfig::disabled()))
                 .send();
             let received = tokio::select! {
                 r = receive => r,
@@ -164,7 +171,12 @@ async fn poll(shared: Arc<Shared>, ctx: Arc<SourceContext>, settle: tokio::sync:
                 Err(e) => {
                     failures += 1;
                     if failures <= 3 || failures.is_multiple_of(20) {
-                        warn!(source = %shared.name, "ReceiveMessage failed: {}; retrying", describe(&e));
+                        let lost = if matches!(e, SdkError::TimeoutError(_) | SdkError::DispatchFailure(_)) {
+                            "; any messages it received come back after `visibility_timeout`, received again"
+                        } else {
+                            ""
+                        };
+                        warn!(source = %shared.name, "ReceiveMessage failed: {}{lost}; retrying", describe(&e));
                     }
                     let pause = Duration::from_millis(100 * u64::from(failures.min(50)));
                     tokio::select! {
