@@ -114,7 +114,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = BenchSink::File)]
         sink: BenchSink,
         /// Kafka bootstrap brokers for `--sink kafka` (`host:port[,host:port]`); the bench
-        /// creates (and afterwards deletes) topics of its own there.
+        /// creates topics of its own there (and leaves them).
         #[arg(long, env = "KAFKA_BROKERS")]
         brokers: Option<String>,
         /// How many events to generate.
@@ -268,7 +268,7 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
                         "`--sink kafka` needs a broker: `--brokers HOST:PORT` or `KAFKA_BROKERS` \
                          (a local one: `tansu broker --storage-engine memory://tansu/`, see README)",
                     )?;
-                    let config = crate::bench_kafka::Config { brokers, events, workers, keep_topics: false };
+                    let config = crate::bench_kafka::Config { brokers, events, workers };
                     runtime()?.block_on(crate::bench_kafka::run_bench(&config)).map(|r| r.to_string())
                 }
             };

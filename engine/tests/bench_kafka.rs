@@ -16,7 +16,7 @@ const EVENTS: u64 = 4_000;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_bench_accounts_for_every_event() {
     let t = Tansu::start();
-    let config = Config { brokers: t.brokers(), events: EVENTS, workers: 1, keep_topics: true };
+    let config = Config { brokers: t.brokers(), events: EVENTS, workers: 1 };
     let report = run_bench(&config).await.expect("the bench runs");
 
     assert_eq!(report.plain.consumed, EVENTS, "{report}");
