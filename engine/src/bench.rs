@@ -113,7 +113,7 @@ pub fn generate_input(path: &Path, events: u64, seed: u64) -> std::io::Result<u6
     Ok(bytes)
 }
 
-fn flow_record(catalog: &EngineCatalog) -> Arc<phoenix_dsl::types::Record> {
+pub(crate) fn flow_record(catalog: &EngineCatalog) -> Arc<phoenix_dsl::types::Record> {
     let loader = MemoryLoader::new([("bench.phx".to_string(), FLOW.as_bytes().to_vec())]);
     let c = phoenix_dsl::compile("bench.phx", &loader, catalog);
     let flow = c.flow.expect("the bench flow parses");

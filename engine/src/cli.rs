@@ -106,11 +106,17 @@ enum Command {
     },
     /// Measure throughput: generated ~150-byte events through file → where → select → route →
     /// 3 files (or, with `--sink elasticsearch`, file → elasticsearch into an in-process `_bulk`
-    /// server). Prints events/s, MB/s, CPU seconds and peak RSS. Build with `--release`.
+    /// server; with `--sink kafka`, kafka → where → kafka on a broker, beside a plain rdkafka
+    /// consume-and-produce loop). Prints events/s, MB/s, CPU seconds and peak RSS. Build with
+    /// `--release`.
     Bench {
         /// What the events are written to.
         #[arg(long, value_enum, default_value_t = BenchSink::File)]
         sink: BenchSink,
+        /// Kafka bootstrap brokers for `--sink kafka` (`host:port[,host:port]`); the bench
+        /// creates topics of its own there (and leaves them).
+        #[arg(long, env = "KAFKA_BROKERS")]
+        brokers: Option<String>,
         /// How many events to generate.
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
@@ -138,6 +144,8 @@ enum BenchSink {
     File,
     /// file → elasticsearch, against the `_bulk` test server on 127.0.0.1.
     Elasticsearch,
+    /// kafka → where → kafka on the broker at `--brokers`, beside a plain rdkafka loop.
+    Kafka,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -238,7 +246,7 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
             }
             Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
-        Command::Bench { sink, events, workers, dir } => {
+        Command::Bench { sink, brokers, events, workers, dir } => {
             let (dir, cleanup) = match dir {
                 Some(d) => (d, false),
                 None => (std::env::temp_dir().join(format!("phoenix-bench-{}", std::process::id())), true),
@@ -255,6 +263,14 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
                 BenchSink::Elasticsearch => runtime()?
                     .block_on(crate::bench_elasticsearch::run_bench(&dir, events, workers))
                     .map(|r| r.to_string()),
+                BenchSink::Kafka => {
+                    let brokers = brokers.context(
+                        "`--sink kafka` needs a broker: `--brokers HOST:PORT` or `KAFKA_BROKERS` \
+                         (a local one: `tansu broker --storage-engine memory://tansu/`, see README)",
+                    )?;
+                    let config = crate::bench_kafka::Config { brokers, events, workers };
+                    runtime()?.block_on(crate::bench_kafka::run_bench(&config)).map(|r| r.to_string())
+                }
             };
             if cleanup {
                 let _ = std::fs::remove_dir_all(&dir);

@@ -12,6 +12,7 @@ pub use catalog::EngineCatalog;
 pub use loader::FsLoader;
 pub mod bench;
 pub mod bench_elasticsearch;
+pub mod bench_kafka;
 pub mod docs;
 pub mod exec;
 pub mod metrics;

@@ -15,8 +15,11 @@ use support::{Guard, lines, phoenix, signal, temp, wait};
 const PARTITIONS: i32 = 3;
 
 /// The flow under test: Kafka → where → Kafka, poison events to a file. `session` is the
-/// consumer's session timeout in ms.
-fn flow(dir: &Path, session: u32) -> std::path::PathBuf {
+/// consumer's session timeout in ms; `slow` makes the flow take seconds over the input (small
+/// batches, each sink flush waiting half a second for the producer's linger), so a test can stop
+/// it mid-stream however fast the engine is.
+fn flow(dir: &Path, session: u32, slow: bool) -> std::path::PathBuf {
+    let (batch_size, sink_extra) = if slow { (100, "\n  properties = [\"linger.ms=500\"],") } else { (500, "") };
     let p = dir.join("flow.phx");
     std::fs::write(
         &p,
@@ -27,12 +30,17 @@ source input = kafka {{
   brokers = env("KAFKA_BROKERS"),
   topic = "in",
   group = "phoenix-it",
-  batch_size = 500,
+  batch_size = {batch_size},
   commit_interval = 200ms,
   properties = ["session.timeout.ms={session}"],
 }} as E
 
-sink output = kafka {{ brokers = env("KAFKA_BROKERS"), topic = "out", key = kind, headers = '{{"via": "phoenix"}}' }}
+sink output = kafka {{
+  brokers = env("KAFKA_BROKERS"),
+  topic = "out",
+  key = kind,
+  headers = '{{"via": "phoenix"}}',{sink_extra}
+}}
 sink dead = file {{ path = "{}" }}
 
 input | where kind != 'skip' | output
@@ -145,7 +153,7 @@ fn every_event_is_delivered_and_poison_goes_to_errors() {
     let poison = [17, 1234];
     produce(&t, "in", &payloads(3000, &poison));
     let want = expected(3000, &poison);
-    let child = run(&flow(&dir, 10_000), &t);
+    let child = run(&flow(&dir, 10_000, false), &t);
     until(&dir, "every event written and committed", Duration::from_secs(120), || committed(&t) == vec![Some(1000); 3]);
     signal(child.child(), "-TERM");
     let out = wait(child.take(), Duration::from_secs(60));
@@ -176,7 +184,7 @@ fn sigkill_mid_stream_then_restart_loses_nothing() {
     produce(&t, "in", &payloads(n, &[]));
     let want = expected(n, &[]);
     // A short session, so the broker gives up on the killed member soon.
-    let flow = flow(&dir, 6_000);
+    let flow = flow(&dir, 6_000, true);
     let child = run(&flow, &t);
     until(&dir, "the flow under way", Duration::from_secs(120), || holds(&t, "out", 3000));
     signal(child.child(), "-KILL");
@@ -234,7 +242,7 @@ fn a_frozen_broker_is_waited_out() {
     let data = payloads(n, &[]);
     let half = data.iter().enumerate().filter(|(_, b)| **b == b'\n').nth(n as usize / 2 - 1).unwrap().0 + 1;
     produce(&t, "in", &data[..half]);
-    let child = run(&flow(&dir, 10_000), &t);
+    let child = run(&flow(&dir, 10_000, false), &t);
     until(&dir, "the first half", Duration::from_secs(120), || holds(&t, "out", 2000));
     // The broker hangs for a while: requests time out and are retried. (Shorter than the
     // consumer's session: tansu 0.6 does not let a member whose session expired rejoin its

@@ -14,9 +14,11 @@
 //!   `@timestamp`, `@headers`).
 //! - A batch's offsets are tracked per partition in [`Offsets`] once the flow has it; the commit
 //!   point moves only over the contiguous acknowledged prefix.
-//! - Backpressure: when the flow does not take a batch, the assigned partitions are paused and the
-//!   thread keeps polling, so heartbeats and rebalances are still served (a member that stops
-//!   polling for `max.poll.interval.ms` is thrown out of its group).
+//! - Backpressure: when the flow does not take a batch, the thread waits for it a moment
+//!   (`HANDOFF_WAIT`); if it still does not, the assigned partitions are paused and the thread
+//!   keeps polling, so heartbeats and rebalances are still served (a member that stops polling for
+//!   `max.poll.interval.ms` is thrown out of its group). Pausing is the last resort because
+//!   librdkafka drops what it fetched ahead and fetches it again on resume.
 //! - A rebalance that revokes partitions waits up to `drain_timeout` for their in-flight batches,
 //!   commits what was acknowledged and forgets the rest; later acknowledgements of those batches
 //!   are ignored, and the partitions' next owner reads the unacknowledged events again.
@@ -50,6 +52,11 @@ use tracing::{debug, info, warn};
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// How often a paused consumer polls (for rebalances and heartbeats) and retries the hand-off.
 const PAUSED_POLL: Duration = Duration::from_millis(20);
+/// How long the poll thread waits for the flow to take a batch before it pauses the partitions.
+/// Pausing drops what librdkafka has fetched ahead (it is fetched again on resume), so a flow
+/// that is only busy for a moment (a sink waiting for delivery reports) is waited for instead;
+/// polling stops meanwhile, which delays rebalance callbacks and commits by at most this much.
+const HANDOFF_WAIT: Duration = Duration::from_millis(500);
 
 #[derive(Debug)]
 pub struct KafkaSource {
@@ -297,6 +304,16 @@ impl Poller {
             while let Some(r) = ready.pop_front() {
                 match self.tx.try_send(r.batch) {
                     Ok(()) => self.track(r.waiter, r.parts),
+                    Err(TrySendError::Full(batch)) if !paused => match self.wait_for_room() {
+                        Some(permit) => {
+                            permit.send(batch);
+                            self.track(r.waiter, r.parts);
+                        }
+                        None => {
+                            ready.push_front(Ready { batch, ..r });
+                            break;
+                        }
+                    },
                     Err(TrySendError::Full(batch)) => {
                         ready.push_front(Ready { batch, ..r });
                         break;
@@ -392,6 +409,19 @@ impl Poller {
         lock(&self.offsets).clear();
         debug!(source = %self.name, "closing the consumer");
         result
+    }
+
+    /// Wait up to [`HANDOFF_WAIT`] for the flow to have room for a batch (none if it does not, or
+    /// the source is stopping, or the flow is gone).
+    fn wait_for_room(&self) -> Option<mpsc::Permit<'_, RawBatch>> {
+        // A thread of the blocking pool, not a runtime thread: blocking on the runtime is allowed.
+        self.runtime.block_on(async {
+            tokio::select! {
+                permit = self.tx.reserve() => permit.ok(),
+                _ = tokio::time::sleep(HANDOFF_WAIT) => None,
+                _ = self.stop.cancelled() => None,
+            }
+        })
     }
 
     /// Follow a batch the flow took: its acknowledgement moves the commit point.
