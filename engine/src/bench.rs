@@ -44,20 +44,34 @@ events
     }
 "#;
 
+/// One timed run of the flow over the generated input.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub wall: Duration,
+    pub cpu: Option<Duration>,
+    /// Events the sinks wrote and flushed.
+    pub written: u64,
+}
+
 #[derive(Debug)]
 pub struct Report {
     pub events: u64,
     pub input_bytes: u64,
+    /// Events the sinks wrote in the last run (every run writes the same).
     pub written: u64,
-    pub wall: Duration,
-    pub cpu: Option<Duration>,
+    pub runs: Vec<Run>,
     pub peak_rss_kib: Option<u64>,
     pub workers: usize,
 }
 
+impl Report {
+    fn per_cpu_second(&self, r: &Run) -> Option<f64> {
+        r.cpu.map(|c| self.events as f64 / c.as_secs_f64().max(1e-9))
+    }
+}
+
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let secs = self.wall.as_secs_f64().max(1e-9);
         writeln!(f, "phoenix bench: file -> where -> select -> route (3 ways) -> 3 files")?;
         writeln!(f, "machine:       {} cores, {}", cores(), cpu_model())?;
         writeln!(f, "workers:       {}", self.workers)?;
@@ -69,25 +83,52 @@ impl std::fmt::Display for Report {
             self.input_bytes as f64 / self.events.max(1) as f64,
             self.written
         )?;
-        writeln!(f, "wall time:     {secs:.3} s")?;
-        writeln!(
-            f,
-            "throughput:    {:.0} events/s, {:.1} MB/s",
-            self.events as f64 / secs,
-            self.input_bytes as f64 / 1e6 / secs
-        )?;
-        match self.cpu {
-            Some(cpu) => {
-                let c = cpu.as_secs_f64().max(1e-9);
-                writeln!(f, "cpu time:      {c:.3} s ({:.2} cores busy)", c / secs)?;
-                writeln!(f, "per core:      {:.0} events per CPU-second", self.events as f64 / c)?;
+        for (i, run) in self.runs.iter().enumerate() {
+            let secs = run.wall.as_secs_f64().max(1e-9);
+            let label = if self.runs.len() == 1 { String::new() } else { format!("run {}: ", i + 1) };
+            writeln!(f, "{label}wall time:     {secs:.3} s")?;
+            writeln!(
+                f,
+                "{label}throughput:    {:.0} events/s, {:.1} MB/s",
+                self.events as f64 / secs,
+                self.input_bytes as f64 / 1e6 / secs
+            )?;
+            match (run.cpu, self.per_cpu_second(run)) {
+                (Some(cpu), Some(per)) => {
+                    let c = cpu.as_secs_f64().max(1e-9);
+                    writeln!(f, "{label}cpu time:      {c:.3} s ({:.2} cores busy)", c / secs)?;
+                    writeln!(f, "{label}per core:      {per:.0} events per CPU-second")?;
+                }
+                _ => writeln!(f, "{label}cpu time:      n/a (no /proc on this system)")?,
             }
-            None => writeln!(f, "cpu time:      n/a (no /proc on this system)")?,
+        }
+        let mut per: Vec<f64> = self.runs.iter().filter_map(|r| self.per_cpu_second(r)).collect();
+        if per.len() > 1 {
+            // Shared machines vary from run to run; the median is the figure to compare.
+            per.sort_by(f64::total_cmp);
+            let mut walls: Vec<f64> = self.runs.iter().map(|r| self.events as f64 / r.wall.as_secs_f64()).collect();
+            walls.sort_by(f64::total_cmp);
+            writeln!(
+                f,
+                "median:        {:.0} events/s, {:.0} events per CPU-second (best {:.0}, worst {:.0})",
+                median(&walls),
+                median(&per),
+                per[per.len() - 1],
+                per[0]
+            )?;
         }
         match self.peak_rss_kib {
             Some(kib) => writeln!(f, "peak RSS:      {:.1} MiB", kib as f64 / 1024.0),
             None => writeln!(f, "peak RSS:      n/a"),
         }
+    }
+}
+
+fn median(sorted: &[f64]) -> f64 {
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
     }
 }
 
@@ -121,8 +162,8 @@ pub(crate) fn flow_record(catalog: &EngineCatalog) -> Arc<phoenix_dsl::types::Re
     flow.graph[source].output.record.clone()
 }
 
-/// Generate the input in `dir`, run the flow, report.
-pub async fn run_bench(dir: &Path, events: u64, workers: usize) -> anyhow::Result<Report> {
+/// Generate the input in `dir`, run the flow `runs` times over it, report.
+pub async fn run_bench(dir: &Path, events: u64, workers: usize, runs: usize) -> anyhow::Result<Report> {
     let catalog = EngineCatalog::new();
     let input = dir.join("events.jsonl");
     let input_bytes = generate_input(&input, events, 42)?;
@@ -130,23 +171,29 @@ pub async fn run_bench(dir: &Path, events: u64, workers: usize) -> anyhow::Resul
     let c = phoenix_dsl::compile("bench.phx", &loader, &catalog);
     anyhow::ensure!(!c.has_errors(), "bench flow: {}", c.render(false));
     let plan = c.plan(&catalog).ok_or_else(|| anyhow::anyhow!("bench flow does not lower"))?;
-    let metrics = Arc::new(Metrics::new(node_labels(&plan, &c.sources)));
-    let graph = TaskGraph::build(&plan, &c.sources, &metrics)?;
-    let mut config = RunConfig::new(workers);
-    let set = |node: &str, p: PathBuf| ((node.to_string(), "path".to_string()), p.display().to_string());
-    config.settings.overrides.extend([
-        set("events", input.clone()),
-        set("large", dir.join("large.jsonl")),
-        set("medium", dir.join("medium.jsonl")),
-        set("small", dir.join("small.jsonl")),
-    ]);
-    let cpu_before = cpu_time();
-    let started = Instant::now();
-    run(graph, &catalog, metrics.clone(), config).await?;
-    let wall = started.elapsed();
-    let cpu = cpu_time().zip(cpu_before).map(|(a, b)| a.saturating_sub(b));
-    let written = metrics.nodes.iter().filter(|n| n.title.starts_with("sink ")).map(|n| n.events_out.get()).sum();
-    Ok(Report { events, input_bytes, written, wall, cpu, peak_rss_kib: peak_rss_kib(), workers })
+    let mut report = Report { events, input_bytes, written: 0, runs: Vec::new(), peak_rss_kib: None, workers };
+    for _ in 0..runs.max(1) {
+        let metrics = Arc::new(Metrics::new(node_labels(&plan, &c.sources)));
+        let graph = TaskGraph::build(&plan, &c.sources, &metrics)?;
+        let mut config = RunConfig::new(workers);
+        let set = |node: &str, p: PathBuf| ((node.to_string(), "path".to_string()), p.display().to_string());
+        config.settings.overrides.extend([
+            set("events", input.clone()),
+            set("large", dir.join("large.jsonl")),
+            set("medium", dir.join("medium.jsonl")),
+            set("small", dir.join("small.jsonl")),
+        ]);
+        let cpu_before = cpu_time();
+        let started = Instant::now();
+        run(graph, &catalog, metrics.clone(), config).await?;
+        let wall = started.elapsed();
+        let cpu = cpu_time().zip(cpu_before).map(|(a, b)| a.saturating_sub(b));
+        let written = metrics.nodes.iter().filter(|n| n.title.starts_with("sink ")).map(|n| n.events_out.get()).sum();
+        report.written = written;
+        report.runs.push(Run { wall, cpu, written });
+    }
+    report.peak_rss_kib = peak_rss_kib();
+    Ok(report)
 }
 
 /// User + system CPU time of this process, from /proc/self/stat (Linux).
@@ -191,7 +238,10 @@ mod tests {
     async fn bench_runs_and_accounts_for_every_event() {
         let dir = std::env::temp_dir().join(format!("phoenix-bench-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let report = run_bench(&dir, 20_000, 2).await.unwrap();
+        let report = run_bench(&dir, 20_000, 2, 2).await.unwrap();
+        assert_eq!(report.runs.len(), 2);
+        assert!(report.runs.iter().all(|r| r.written == report.written));
+        assert!(report.to_string().contains("median:"));
         let lines = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap().lines().count() as u64;
         let out = lines("large.jsonl") + lines("medium.jsonl") + lines("small.jsonl");
         assert_eq!(out, report.written);

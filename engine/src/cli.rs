@@ -127,6 +127,10 @@ enum Command {
         /// afterwards).
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
+        /// Run the file bench this many times over the same input and print the median too
+        /// (shared machines vary from run to run).
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
     },
     /// List the built-in functions with signatures and examples.
     Functions,
@@ -246,7 +250,7 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
             }
             Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
-        Command::Bench { sink, brokers, events, workers, dir } => {
+        Command::Bench { sink, brokers, events, workers, dir, runs } => {
             let (dir, cleanup) = match dir {
                 Some(d) => (d, false),
                 None => (std::env::temp_dir().join(format!("phoenix-bench-{}", std::process::id())), true),
@@ -258,7 +262,7 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
             let workers = workers.unwrap_or_else(default_workers);
             let report = match sink {
                 BenchSink::File => {
-                    runtime()?.block_on(crate::bench::run_bench(&dir, events, workers)).map(|r| r.to_string())
+                    runtime()?.block_on(crate::bench::run_bench(&dir, events, workers, runs)).map(|r| r.to_string())
                 }
                 BenchSink::Elasticsearch => runtime()?
                     .block_on(crate::bench_elasticsearch::run_bench(&dir, events, workers))
