@@ -318,12 +318,18 @@ impl Counting {
     }
 }
 
-/// Send `record`, waiting while librdkafka's queue is full.
+/// Send `record`, waiting while librdkafka's queue is full (for at most [`STALL`]: a broker
+/// that takes nothing for that long makes the bench fail instead of hang).
 fn send<'a>(producer: &ThreadedProducer<Counting>, mut record: BaseRecord<'a, (), [u8]>) -> anyhow::Result<()> {
+    let started = Instant::now();
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                anyhow::ensure!(
+                    started.elapsed() < STALL,
+                    "the broker took no input event for {STALL:?} (librdkafka's queue stayed full)"
+                );
                 record = r;
                 std::thread::sleep(Duration::from_millis(1));
             }
