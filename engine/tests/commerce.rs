@@ -12,9 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::servers::{Moto, Tansu, python_client};
-use support::{Guard, free_port, json_lines, lines, phoenix, signal, temp, wait};
+use support::{Guard, free_port, json_lines, lines, phoenix_run, signal, temp, until, wait};
 
 const TOPICS: [&str; 3] = ["products", "orders", "suppliers"];
 
@@ -193,33 +193,14 @@ fn check_rejected(path: &Path) {
 
 /// Start the example; its log goes to `phoenix.log` in `dir` (shown when a wait times out).
 fn run(flow: &Path, dir: &Path, env: &[(&str, String)]) -> Guard {
-    let log = std::fs::File::create(dir.join("phoenix.log")).unwrap();
-    phoenix()
-        .args(["run", flow.to_str().unwrap(), "--metrics-address", "off", "--no-progress", "-v"])
+    phoenix_run(flow, &dir.join("phoenix.log"))
         .env("REJECTED_FILE", dir.join("rejected.jsonl"))
         .env("AUDIT_FILE", dir.join("audit.jsonl"))
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(log)
         .spawn()
         .map(Guard::new)
         .unwrap()
-}
-
-fn until(dir: &Path, what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        if start.elapsed() > limit {
-            let log = std::fs::read_to_string(dir.join("phoenix.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            panic!(
-                "timed out after {limit:?} waiting for {what}; phoenix.log ends:\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 fn listening(addr: &str) -> bool {

@@ -7,10 +7,9 @@ mod support;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::servers::{Tansu, python_client};
-use support::{Guard, lines, phoenix, signal, temp, wait};
+use support::{Guard, lines, phoenix_run, signal, temp, until, wait};
 
 const PARTITIONS: i32 = 3;
 
@@ -105,30 +104,11 @@ fn committed(t: &Tansu) -> Vec<Option<i64>> {
 
 /// Start `phoenix run`; its log goes to `phoenix.log` beside the flow (shown if a test fails).
 fn run(flow: &Path, t: &Tansu) -> Guard {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(flow.with_file_name("phoenix.log")).unwrap();
-    phoenix()
-        .args(["run", flow.to_str().unwrap(), "--metrics-address", "off", "--no-progress", "-v"])
+    phoenix_run(flow, &flow.with_file_name("phoenix.log"))
         .env("KAFKA_BROKERS", t.brokers())
-        .stdout(Stdio::null())
-        .stderr(log)
         .spawn()
         .map(Guard::new)
         .unwrap()
-}
-
-fn until(dir: &Path, what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        if start.elapsed() > limit {
-            let log = std::fs::read_to_string(dir.join("phoenix.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            panic!(
-                "timed out after {limit:?} waiting for {what}; phoenix.log ends:\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 fn ids(msgs: &[Value]) -> Vec<i64> {

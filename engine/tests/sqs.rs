@@ -7,10 +7,9 @@ mod support;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::servers::{Moto, python_client};
-use support::{Guard, lines, phoenix, signal, temp, wait};
+use support::{Guard, lines, phoenix_run, signal, temp, until, wait};
 
 /// Fake credentials and no instance metadata: the AWS chain stops at the environment.
 const AWS_ENV: &[(&str, &str)] = &[
@@ -147,30 +146,11 @@ input.errors | dead
 }
 
 fn run(flow: &Path) -> Guard {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(flow.with_file_name("phoenix.log")).unwrap();
-    phoenix()
-        .args(["run", flow.to_str().unwrap(), "--metrics-address", "off", "--no-progress", "-v"])
+    phoenix_run(flow, &flow.with_file_name("phoenix.log"))
         .envs(AWS_ENV.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(log)
         .spawn()
         .map(Guard::new)
         .unwrap()
-}
-
-fn until(dir: &Path, what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        if start.elapsed() > limit {
-            let log = std::fs::read_to_string(dir.join("phoenix.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            panic!(
-                "timed out after {limit:?} waiting for {what}; phoenix.log ends:\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 fn stop(child: Guard) {

@@ -87,6 +87,33 @@ pub fn json_lines(p: &Path) -> Vec<serde_json::Value> {
     lines(p).iter().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}"))).collect()
 }
 
+/// `phoenix run FLOW` as the end-to-end tests start it: no metrics server, no progress display,
+/// verbose logs appended to `log`. Callers add their environment and spawn it.
+pub fn phoenix_run(flow: &Path, log: &Path) -> Command {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("the phoenix log");
+    let mut c = phoenix();
+    c.args(["run", flow.to_str().expect("a UTF-8 path"), "--metrics-address", "off", "--no-progress", "-v"])
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    c
+}
+
+/// Poll `f` until it holds; after `limit`, fail with the end of `dir/phoenix.log`.
+pub fn until(dir: &Path, what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        if start.elapsed() > limit {
+            let log = std::fs::read_to_string(dir.join("phoenix.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            panic!(
+                "timed out after {limit:?} waiting for {what}; phoenix.log ends:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// The `phoenix` binary, quiet and colourless: `PHOENIX_BIN` if set (a target directory shared
 /// by several checkouts gets its `target/debug/phoenix` replaced by their builds), else the one
 /// cargo built. It is copied once per test process, so a test that restarts the binary
