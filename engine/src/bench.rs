@@ -16,9 +16,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The benchmark flow. `path` options are set per run.
-pub const FLOW: &str = r#"// phoenix bench: file -> where -> select -> route (3 ways) -> files
-schema Event {
+/// The events every bench generates and reads: one declaration for the three bench flows, so
+/// what [`generate_input`] writes always fits each of them.
+macro_rules! event_schema {
+    () => {
+        r#"schema Event {
   id: int,
   user: string,
   country: string,
@@ -28,7 +30,16 @@ schema Event {
   ts: timestamp,
   session: string,
 }
+"#
+    };
+}
+pub(crate) use event_schema;
 
+/// The benchmark flow. `path` options are set per run.
+pub const FLOW: &str = concat!(
+    "// phoenix bench: file -> where -> select -> route (3 ways) -> files\n",
+    event_schema!(),
+    r#"
 source events = file { path = "events.jsonl", format = ndjson } as Event
 sink large = file { path = "large.jsonl", append = false }
 sink medium = file { path = "medium.jsonl", append = false }
@@ -42,7 +53,8 @@ events
       when gross > 300 => medium,
       else => small,
     }
-"#;
+"#
+);
 
 /// One timed run of the flow over the generated input.
 #[derive(Debug, Clone)]

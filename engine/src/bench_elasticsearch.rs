@@ -9,6 +9,7 @@
 //! for the sink itself.
 
 use crate::EngineCatalog;
+use crate::bench::event_schema;
 use crate::bench::{cores, cpu_model, cpu_time, generate_input, peak_rss_kib};
 use crate::connectors::elasticsearch::test_server;
 use crate::metrics::Metrics;
@@ -20,18 +21,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The benchmark flow; `path` and `url` are set per run. The bulk bounds are the defaults.
-pub const FLOW: &str = r#"// phoenix bench --sink elasticsearch: file -> elasticsearch
-schema Event {
-  id: int,
-  user: string,
-  country: string,
-  status: string,
-  amount: float,
-  items: int,
-  ts: timestamp,
-  session: string,
-}
-
+pub const FLOW: &str = concat!(
+    "// phoenix bench --sink elasticsearch: file -> elasticsearch\n",
+    event_schema!(),
+    r#"
 source events = file { path = "events.jsonl", format = ndjson } as Event
 sink search = elasticsearch {
   url = "http://127.0.0.1:9200",
@@ -40,7 +33,8 @@ sink search = elasticsearch {
 }
 
 events | search
-"#;
+"#
+);
 
 #[derive(Debug)]
 pub struct Report {

@@ -20,6 +20,7 @@
 //! neither.
 
 use crate::EngineCatalog;
+use crate::bench::event_schema;
 use crate::bench::{cores, cpu_model, cpu_time, peak_rss_kib};
 use crate::connectors::generate::write_record;
 use crate::metrics::Metrics;
@@ -46,23 +47,16 @@ const STALL: Duration = Duration::from_secs(60);
 
 /// The Phoenix flow: the `where` of `phoenix bench` (it keeps almost every event, so both loops
 /// write about as much). `{brokers}`, `{input}`, `{output}` and `{group}` are set per run.
-pub const FLOW: &str = r#"// phoenix bench --sink kafka: kafka -> where -> kafka
-schema Event {
-  id: int,
-  user: string,
-  country: string,
-  status: string,
-  amount: float,
-  items: int,
-  ts: timestamp,
-  session: string,
-}
-
+pub const FLOW: &str = concat!(
+    "// phoenix bench --sink kafka: kafka -> where -> kafka\n",
+    event_schema!(),
+    r#"
 source events = kafka { brokers = "{brokers}", topic = "{input}", group = "{group}" } as Event
 sink out = kafka { brokers = "{brokers}", topic = "{output}" }
 
 events | where status != 'charlie-0' and amount >= 1.0 | out
-"#;
+"#
+);
 
 /// What to run against.
 #[derive(Debug, Clone)]
