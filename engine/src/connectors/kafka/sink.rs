@@ -443,10 +443,13 @@ impl Sink for KafkaSink {
             }
             let items = failures
                 .into_iter()
-                .map(|(id, e)| ItemFailure {
-                    index: starts.get(id.batch as usize).map_or(usize::MAX, |s| s + id.row as usize),
-                    retryable: !permanent(&e),
-                    error: if permanent(&e) { format!("Kafka refused the event: {e}") } else { e.to_string() },
+                .map(|(id, e)| {
+                    let retryable = !permanent(&e);
+                    ItemFailure {
+                        index: starts.get(id.batch as usize).map_or(usize::MAX, |s| s + id.row as usize),
+                        retryable,
+                        error: if retryable { e.to_string() } else { format!("Kafka refused the event: {e}") },
+                    }
                 })
                 .collect();
             Err(WriteError::Partial(PartialFailure { items }))
