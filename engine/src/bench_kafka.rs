@@ -379,6 +379,7 @@ fn plain_loop(brokers: &str, input: &str, output: &str, group: &str, events: u64
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .set("fetch.wait.max.ms", "100")
+        .set("fetch.queue.backoff.ms", "10")
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         .create()

@@ -14,11 +14,15 @@
 //!   `@timestamp`, `@headers`).
 //! - A batch's offsets are tracked per partition in [`Offsets`] once the flow has it; the commit
 //!   point moves only over the contiguous acknowledged prefix.
-//! - Backpressure: when the flow does not take a batch, the thread waits for it a moment
-//!   (`HANDOFF_WAIT`); if it still does not, the assigned partitions are paused and the thread
-//!   keeps polling, so heartbeats and rebalances are still served (a member that stops polling for
-//!   `max.poll.interval.ms` is thrown out of its group). Pausing is the last resort because
-//!   librdkafka drops what it fetched ahead and fetches it again on resume.
+//! - Backpressure: when the flow does not take a batch, the thread waits for it (committing
+//!   meanwhile, every `commit_interval`), as any consumer busy processing does; librdkafka keeps
+//!   fetching ahead until its own bounded queue is full. Only if the flow takes nothing for
+//!   `HANDOFF_WAIT` (a sink down, retrying) are the assigned partitions paused, and the thread
+//!   goes back to polling, so rebalances are served again (a member that stops polling for
+//!   `max.poll.interval.ms` is thrown out of its group). Pausing is the last resort: librdkafka
+//!   drops what it fetched ahead, and resumes with a fetch from inside a record batch, which
+//!   brokers must answer with that whole batch (tansu 0.6's in-memory storage answers with the
+//!   batches after it: see `tests/support/clients.py`).
 //! - A rebalance that revokes partitions waits up to `drain_timeout` for their in-flight batches,
 //!   commits what was acknowledged and forgets the rest; later acknowledgements of those batches
 //!   are ignored, and the partitions' next owner reads the unacknowledged events again.
@@ -54,9 +58,10 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 const PAUSED_POLL: Duration = Duration::from_millis(20);
 /// How long the poll thread waits for the flow to take a batch before it pauses the partitions.
 /// Pausing drops what librdkafka has fetched ahead (it is fetched again on resume), so a flow
-/// that is only busy for a moment (a sink waiting for delivery reports) is waited for instead;
-/// polling stops meanwhile, which delays rebalance callbacks and commits by at most this much.
-const HANDOFF_WAIT: Duration = Duration::from_millis(500);
+/// that is only busy (a sink waiting for delivery reports, a slow first produce) is waited for
+/// instead. Polling stops meanwhile, which delays a rebalance by at most this much (commits go
+/// on); far below librdkafka's default `max.poll.interval.ms` of five minutes.
+const HANDOFF_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 pub struct KafkaSource {
@@ -81,12 +86,15 @@ impl KafkaSource {
         // A short heartbeat shortens the window in which a joining member makes commits fail
         // (REBALANCE_IN_PROGRESS), which is what a rebalance replays. A subscribed topic created
         // after the group formed (by a sink's `create_topics`, say) is found only by a periodic
-        // metadata refresh: every 10 s, not librdkafka's 5 minutes.
+        // metadata refresh: every 10 s, not librdkafka's 5 minutes. When the flow is busy for a
+        // moment the fetch queue fills, and librdkafka then waits `fetch.queue.backoff.ms`
+        // (1 s by default) before fetching again, long after the flow has caught up: 10 ms.
         for (k, v) in [
             ("session.timeout.ms", "10000"),
             ("heartbeat.interval.ms", "1000"),
             ("fetch.wait.max.ms", "100"),
             ("topic.metadata.refresh.interval.ms", "10000"),
+            ("fetch.queue.backoff.ms", "10"),
         ] {
             if config.get(k).is_none() {
                 config.set(k, v);
@@ -304,7 +312,7 @@ impl Poller {
             while let Some(r) = ready.pop_front() {
                 match self.tx.try_send(r.batch) {
                     Ok(()) => self.track(r.waiter, r.parts),
-                    Err(TrySendError::Full(batch)) if !paused => match self.wait_for_room() {
+                    Err(TrySendError::Full(batch)) if !paused => match self.wait_for_room(&mut last_commit) {
                         Some(permit) => {
                             permit.send(batch);
                             self.track(r.waiter, r.parts);
@@ -412,16 +420,32 @@ impl Poller {
     }
 
     /// Wait up to [`HANDOFF_WAIT`] for the flow to have room for a batch (none if it does not, or
-    /// the source is stopping, or the flow is gone).
-    fn wait_for_room(&self) -> Option<mpsc::Permit<'_, RawBatch>> {
-        // A thread of the blocking pool, not a runtime thread: blocking on the runtime is allowed.
-        self.runtime.block_on(async {
-            tokio::select! {
-                permit = self.tx.reserve() => permit.ok(),
-                _ = tokio::time::sleep(HANDOFF_WAIT) => None,
-                _ = self.stop.cancelled() => None,
+    /// the source is stopping, or the flow is gone), committing what gets acknowledged meanwhile.
+    fn wait_for_room(&self, last_commit: &mut Instant) -> Option<mpsc::Permit<'_, RawBatch>> {
+        let deadline = Instant::now() + HANDOFF_WAIT;
+        loop {
+            let until_commit = self.commit_interval.saturating_sub(last_commit.elapsed());
+            let slice =
+                deadline.saturating_duration_since(Instant::now()).min(until_commit).max(Duration::from_millis(1));
+            // A thread of the blocking pool, not a runtime thread: blocking on the runtime is allowed.
+            let waited = self.runtime.block_on(async {
+                tokio::select! {
+                    permit = self.tx.reserve() => Some(permit.ok()),
+                    _ = tokio::time::sleep(slice) => None,
+                    _ = self.stop.cancelled() => Some(None),
+                }
+            });
+            if let Some(permit) = waited {
+                return permit;
             }
-        })
+            if Instant::now() >= deadline {
+                return None;
+            }
+            if last_commit.elapsed() >= self.commit_interval {
+                self.commit(CommitMode::Sync);
+                *last_commit = Instant::now();
+            }
+        }
     }
 
     /// Follow a batch the flow took: its acknowledgement moves the commit point.
