@@ -6,8 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The binary under test: `PHOENIX_BIN` if set (as in `support::phoenix`: a target directory
+/// shared by several checkouts holds whichever built last), else the one cargo built.
 fn phoenix() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_phoenix"));
+    let bin =
+        std::env::var_os("PHOENIX_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_phoenix")), PathBuf::from);
+    let mut c = Command::new(bin);
     c.env_remove("RUST_LOG").env("NO_COLOR", "1");
     c
 }
