@@ -4,7 +4,7 @@
 
 use crate::EngineCatalog;
 use crate::connectors::{
-    self, Batching, ConnectorError, ItemFailure, PartialFailure, Sink, Source, SourceContext, WriteError,
+    self, Batching, ConnectorError, Flushing, ItemFailure, PartialFailure, Sink, Source, SourceContext, WriteError,
 };
 use crate::exec::ack::Ack;
 use crate::exec::batch::{DeadLetter, RawBatch, SinkBatch};
@@ -17,7 +17,7 @@ use arrow::array::{Array, BinaryArray, UInt32Array};
 use arrow_schema::SchemaRef;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use phoenix_dsl::catalog::{Catalog, Role};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -372,27 +372,101 @@ enum Failure {
     Partial(PartialFailure),
 }
 
+/// Flushes a sink may have in flight at once ([`Sink::begin_flush`]): enough to keep writing
+/// while the service confirms, few enough to bound what is held.
+const FLUSHES_IN_FLIGHT: usize = 4;
+
+/// A group whose flush runs on its own; its parts are held (and so not acknowledged) until it
+/// is settled.
+struct InFlight {
+    written: Vec<Part>,
+    flushing: Flushing,
+}
+
+/// What came first while waiting for input.
+enum Next {
+    Flushed(Result<(), WriteError>),
+    Input(Option<SinkBatch>),
+}
+
 impl SinkRunner {
     async fn run(mut self, mut rx: mpsc::Receiver<SinkBatch>) {
         let logged = AtomicU64::new(0);
         let shape = self.sink.batching();
         let mut carry = None;
-        while let Some(group) = gather(&mut rx, &shape, &mut carry, &self.stats).await {
-            let mut parts: Vec<Part> =
-                group.into_iter().map(|batch| Part { batch, attempts: 0, error: String::new() }).collect();
-            while !parts.is_empty() {
-                parts = self.round(parts, &logged).await;
-                if !parts.is_empty() {
-                    self.pause(&parts).await;
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+        loop {
+            // The next input; flushes that finish meanwhile are settled, oldest first.
+            let first = loop {
+                let Some(oldest) = in_flight.front_mut() else {
+                    break next_batch(&mut rx, &mut carry, &self.stats).await;
+                };
+                let next = tokio::select! {
+                    biased;
+                    r = &mut oldest.flushing => Next::Flushed(r),
+                    b = next_batch(&mut rx, &mut carry, &self.stats) => Next::Input(b),
+                };
+                match next {
+                    Next::Flushed(result) => {
+                        let done = in_flight.pop_front().expect("the oldest flush is in flight");
+                        self.finish(done.written, result, &logged).await;
+                    }
+                    Next::Input(b) => break b,
+                }
+            };
+            let Some(first) = first else { break };
+            let group = gather(first, &mut rx, &shape, &mut carry, &self.stats).await;
+            let parts = group.into_iter().map(|batch| Part { batch, attempts: 0, error: String::new() }).collect();
+            let mut again = Vec::new();
+            let written = self.write_parts(parts, &mut again, &logged).await;
+            if !written.is_empty() {
+                if in_flight.len() >= FLUSHES_IN_FLIGHT
+                    && let Some(done) = in_flight.pop_front()
+                {
+                    let result = done.flushing.await;
+                    self.finish(done.written, result, &logged).await;
+                }
+                match self.sink.begin_flush() {
+                    Some(flushing) => in_flight.push_back(InFlight { written, flushing }),
+                    None => {
+                        let result = self.attempt(Step::Flush).await;
+                        self.settle_flush(written, result, &mut again, &logged).await;
+                    }
                 }
             }
+            self.retry(again, &logged).await;
+        }
+        while let Some(done) = in_flight.pop_front() {
+            let result = done.flushing.await;
+            self.finish(done.written, result, &logged).await;
+        }
+    }
+
+    /// Write failed events again, after a backoff each time, until none is left.
+    async fn retry(&mut self, mut parts: Vec<Part>, logged: &AtomicU64) {
+        while !parts.is_empty() {
+            self.pause(&parts).await;
+            parts = self.round(parts, logged).await;
         }
     }
 
     /// Write every part, flush, and settle what failed; returns the events to write again.
     async fn round(&mut self, parts: Vec<Part>, logged: &AtomicU64) -> Vec<Part> {
         let mut again = Vec::new();
-        // What the sink holds after the writes, in write order: flush failures index into it.
+        let written = self.write_parts(parts, &mut again, logged).await;
+        if !written.is_empty() {
+            let result = match self.sink.begin_flush() {
+                Some(flushing) => background_outcome(flushing.await, &written, &self.stats),
+                None => self.attempt(Step::Flush).await,
+            };
+            self.settle_flush(written, result, &mut again, logged).await;
+        }
+        again
+    }
+
+    /// Write every part; returns what the sink holds afterwards, in write order (flush failures
+    /// index into it). Events that failed are settled into `again` or dead-lettered.
+    async fn write_parts(&mut self, parts: Vec<Part>, again: &mut Vec<Part>, logged: &AtomicU64) -> Vec<Part> {
         let mut written: Vec<Part> = Vec::with_capacity(parts.len());
         for part in parts {
             match self.attempt(Step::Write(&part.batch)).await {
@@ -413,15 +487,31 @@ impl SinkRunner {
                         let batch = take_rows(&part.batch, &kept);
                         written.push(Part { batch, attempts: part.attempts, error: part.error.clone() });
                     }
-                    self.settle(&part, p.items, &mut again, logged).await;
+                    self.settle(&part, p.items, again, logged).await;
                 }
             }
         }
-        if written.is_empty() {
-            return again;
-        }
+        written
+    }
+
+    /// Settle a flush that ran on its own, then write again what failed.
+    async fn finish(&mut self, written: Vec<Part>, result: Result<(), WriteError>, logged: &AtomicU64) {
+        let result = background_outcome(result, &written, &self.stats);
+        let mut again = Vec::new();
+        self.settle_flush(written, result, &mut again, logged).await;
+        self.retry(again, logged).await;
+    }
+
+    /// Count what a flush delivered; dead-letter or queue for another write what it did not.
+    async fn settle_flush(
+        &mut self,
+        written: Vec<Part>,
+        result: Result<(), Failure>,
+        again: &mut Vec<Part>,
+        logged: &AtomicU64,
+    ) {
         let total: usize = written.iter().map(|p| p.batch.len()).sum();
-        match self.attempt(Step::Flush).await {
+        match result {
             Ok(()) => {
                 self.stats.events_out.inc_by(total as u64);
             }
@@ -456,12 +546,11 @@ impl SinkRunner {
                 self.stats.events_out.inc_by((total - failed) as u64);
                 for (part, items) in written.iter().zip(by_part) {
                     if !items.is_empty() {
-                        self.settle(part, items, &mut again, logged).await;
+                        self.settle(part, items, again, logged).await;
                     }
                 }
             }
         }
-        again
     }
 
     /// Decide the fate of the failed events of `part`: fatal ones and retryable ones whose
@@ -582,23 +671,49 @@ impl SinkRunner {
     }
 }
 
-/// The next group for a sink: the first batch waits as long as it takes, then more join until
-/// the sink's [`Batching`] bounds are met or its linger has passed since the group began. A
-/// batch that overflows `max_events` is split and the rest kept in `carry` for the next group.
+/// What a flush that ran on its own ([`Sink::begin_flush`]) did to the events of `written`. One
+/// that failed as a whole left the sink holding none of them: all of them are to be written
+/// again (as retryable failures, so their attempts count).
+fn background_outcome(result: Result<(), WriteError>, written: &[Part], stats: &NodeStats) -> Result<(), Failure> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(WriteError::Partial(p)) => Err(Failure::Partial(p)),
+        Err(e @ WriteError::Fatal(_)) => Err(Failure::Whole(e, 1)),
+        Err(e @ WriteError::Retryable(_)) => {
+            stats.retries.inc();
+            let total: usize = written.iter().map(|p| p.batch.len()).sum();
+            let error = e.to_string();
+            let items = (0..total).map(|index| ItemFailure { index, retryable: true, error: error.clone() }).collect();
+            Err(Failure::Partial(PartialFailure { items }))
+        }
+    }
+}
+
+/// The next batch for a sink: the one left over from the last group, else the next to arrive
+/// (`None`: the input is closed). Cancel-safe: nothing is taken unless it is returned.
+async fn next_batch(
+    rx: &mut mpsc::Receiver<SinkBatch>,
+    carry: &mut Option<SinkBatch>,
+    stats: &NodeStats,
+) -> Option<SinkBatch> {
+    if let Some(b) = carry.take() {
+        return Some(b);
+    }
+    let b = rx.recv().await?;
+    stats.events_in.inc_by(b.len() as u64);
+    Some(b)
+}
+
+/// The group that begins with `batch`: more batches join until the sink's [`Batching`] bounds
+/// are met or its linger has passed since the group began. A batch that overflows `max_events`
+/// is split and the rest kept in `carry` for the next group.
 async fn gather(
+    mut batch: SinkBatch,
     rx: &mut mpsc::Receiver<SinkBatch>,
     shape: &Batching,
     carry: &mut Option<SinkBatch>,
     stats: &NodeStats,
-) -> Option<Vec<SinkBatch>> {
-    let mut batch = match carry.take() {
-        Some(b) => b,
-        None => {
-            let b = rx.recv().await?;
-            stats.events_in.inc_by(b.len() as u64);
-            b
-        }
-    };
+) -> Vec<SinkBatch> {
     let deadline = tokio::time::Instant::now() + shape.linger;
     let max_events = shape.max_events.max(1);
     let mut group = Vec::new();
@@ -630,7 +745,7 @@ async fn gather(
         };
         stats.events_in.inc_by(batch.len() as u64);
     }
-    Some(group)
+    group
 }
 
 fn payload_bytes(b: &SinkBatch) -> usize {

@@ -116,6 +116,9 @@ pub trait Source: Send {
     fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), ConnectorError>>;
 }
 
+/// A flush running on its own ([`Sink::begin_flush`]).
+pub type Flushing = BoxFuture<'static, Result<(), WriteError>>;
+
 /// Writes events out. `write` may buffer; once `flush` returns `Ok`, everything written is
 /// durably accepted and the events are acknowledged to their sources.
 ///
@@ -127,6 +130,16 @@ pub trait Sink: Send {
 
     fn flush(&mut self) -> BoxFuture<'_, Result<(), WriteError>> {
         Box::pin(async { Ok(()) })
+    }
+
+    /// Start flushing everything written so far and return at once, so the engine can write
+    /// the next group while this one is being confirmed (a Kafka producer waiting for delivery
+    /// reports). The returned future resolves as [`Sink::flush`] would, except that the sink
+    /// holds none of those events afterwards: if it fails as a whole, the engine writes them
+    /// again. `None` (the default, or whenever the sink cannot now): the engine calls
+    /// [`Sink::flush`] and waits for it.
+    fn begin_flush(&mut self) -> Option<Flushing> {
+        None
     }
 
     /// How much input to gather before a flush (a bulk request's size and linger).

@@ -3,8 +3,11 @@
 //! `write` checks a batch (topic per event, sizes) and hands every event to librdkafka, which
 //! batches, compresses and retries on its own for up to `delivery_timeout`. Events it can tell
 //! are unsendable (no topic, larger than `max_message_size`) are refused there, one by one, as a
-//! [`WriteError::Partial`]; the rest of the batch goes on. `flush` waits for every delivery
-//! report since the last flush:
+//! [`WriteError::Partial`]; the rest of the batch goes on. The events written between two
+//! flushes are an *epoch*; a flush waits for every delivery report of its epoch. The engine
+//! starts flushes with [`Sink::begin_flush`] and writes the next group while earlier epochs
+//! are still being confirmed (a few at a time), so the producer is never idle waiting for the
+//! broker's answers. A flush's outcome:
 //!
 //! - all delivered: `Ok`, and the engine acknowledges the events to their sources;
 //! - some failed: [`WriteError::Partial`] names them by position, transient failures (broker
@@ -14,14 +17,18 @@
 //!   neighbours with it, and only failed events are re-sent (the idempotent producer keeps
 //!   librdkafka's own retries free of duplicates).
 //!
-//! If the engine gives up on a flush that failed as a whole (no reports within the delivery
-//! timeout, its retry policy exhausted and `.errors` wired), the next `write` starts afresh:
-//! reports still arriving for the abandoned events are ignored. If librdkafka reports a fatal
+//! - no reports within the delivery timeout (and 10 s more): a retryable failure of the whole
+//!   epoch. The epoch is dropped (reports still arriving for it are ignored) and the engine
+//!   writes its events again. (Through [`Sink::flush`], used when a flush cannot be started
+//!   on its own, the engine retries the flush itself, and once it gives up the next `write`
+//!   starts afresh.)
+//!
+//! If librdkafka reports a fatal
 //! producer error (the idempotence guarantee broke), the producer is rebuilt and everything not
 //! confirmed is sent again: duplicates are possible then, loss is not.
 
 use super::config::{client_config, creation_error};
-use crate::connectors::{BoxFuture, ConnectorError, ItemFailure, PartialFailure, Sink, WriteError};
+use crate::connectors::{BoxFuture, ConnectorError, Flushing, ItemFailure, PartialFailure, Sink, WriteError};
 use crate::exec::batch::SinkBatch;
 use crate::options::Options;
 use arrow::array::{Array, AsArray, BinaryArray, StringArray};
@@ -33,7 +40,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -42,28 +50,50 @@ use tracing::{info, warn};
 /// Which written event a delivery report is about.
 #[derive(Debug)]
 pub struct Id {
-    generation: u64,
+    epoch: u64,
     batch: u32,
     row: u32,
 }
 
+/// The events written between two flushes: how many are not reported on yet, and which failed.
 #[derive(Debug, Default)]
-struct Reports {
-    generation: u64,
+struct Epoch {
     outstanding: usize,
     failures: Vec<(Id, KafkaError)>,
 }
 
-/// The producer's context: delivery reports land here (on librdkafka's polling thread).
+/// The producer's context: delivery reports land here (on librdkafka's polling thread), in the
+/// epoch of their event. An epoch no longer listed was given up on: its reports are ignored.
 #[derive(Debug, Default)]
 pub struct Deliveries {
-    reports: Mutex<Reports>,
+    epochs: Mutex<HashMap<u64, Epoch>>,
     done: Notify,
 }
 
 impl Deliveries {
-    fn lock(&self) -> MutexGuard<'_, Reports> {
-        self.reports.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Epoch>> {
+        self.epochs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wait until every event of `epoch` is reported on, at most `limit`; its failures.
+    async fn wait(&self, epoch: u64, limit: Duration) -> Result<Vec<(Id, KafkaError)>, WriteError> {
+        // librdkafka reports every message within `message.timeout.ms`; past that something is
+        // badly wrong, and the engine's retry takes over.
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            // Registered before the check, so a report landing in between is not missed.
+            let notified = self.done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.lock().get_mut(&epoch) {
+                Some(e) if e.outstanding > 0 => {}
+                Some(e) => return Ok(std::mem::take(&mut e.failures)),
+                None => return Ok(Vec::new()),
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(WriteError::Retryable(format!("no delivery report within {limit:?}")));
+            }
+        }
     }
 }
 
@@ -73,18 +103,15 @@ impl ProducerContext for Deliveries {
     type DeliveryOpaque = Box<Id>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, id: Box<Id>) {
-        let mut r = self.lock();
-        if id.generation != r.generation {
-            // An event of a flush the engine gave up on.
-            return;
+        let mut epochs = self.lock();
+        // Not listed: an event of a flush the engine gave up on.
+        let Some(e) = epochs.get_mut(&id.epoch) else { return };
+        if let Err((err, _)) = result {
+            e.failures.push((*id, err.clone()));
         }
-        if let Err((e, _)) = result {
-            r.failures.push((*id, e.clone()));
-        }
-        r.outstanding = r.outstanding.saturating_sub(1);
-        if r.outstanding == 0 {
-            // `notify_one` keeps a permit if `flush` is not waiting yet.
-            self.done.notify_one();
+        e.outstanding = e.outstanding.saturating_sub(1);
+        if e.outstanding == 0 {
+            self.done.notify_waiters();
         }
     }
 }
@@ -109,7 +136,8 @@ pub struct KafkaSink {
     failed: Vec<(u32, u32)>,
     /// The last flush failed: if `write` comes next, the engine gave up on those events.
     abandoned: bool,
-    generation: u64,
+    /// The epoch of the events written since the last flush.
+    epoch: u64,
     max_message_size: usize,
     delivery_timeout: Duration,
 }
@@ -150,7 +178,7 @@ impl KafkaSink {
             .set("message.timeout.ms", delivery_timeout.as_millis().clamp(1, i32::MAX as u128).to_string())
             // Leave room for the record overhead around the largest payload.
             .set("message.max.bytes", (max_message_size + 64 * 1024).to_string());
-        let producer = create_producer(&config)?;
+        let producer = create_producer(&config, 0)?;
         let admin = if options.bool("create_topics").unwrap_or(false) {
             let client =
                 base.create::<AdminClient<DefaultClientContext>>().map_err(|e| creation_error("admin client", e))?;
@@ -174,35 +202,39 @@ impl KafkaSink {
             written: Vec::new(),
             failed: Vec::new(),
             abandoned: false,
-            generation: 0,
+            epoch: 0,
             max_message_size,
             delivery_timeout,
         })
     }
 
-    fn deliveries(&self) -> &Deliveries {
+    fn deliveries(&self) -> &Arc<Deliveries> {
         self.producer.context()
     }
 
     /// Forget what the engine gave up on (it dead-lettered those events) and start a new
-    /// generation, so their late delivery reports are ignored.
+    /// epoch, so their late delivery reports are ignored.
     fn start_over(&mut self) {
-        self.generation += 1;
+        self.deliveries().lock().remove(&self.epoch);
+        self.next_epoch();
         self.written.clear();
         self.failed.clear();
         self.abandoned = false;
-        let mut r = self.deliveries().lock();
-        *r = Reports { generation: self.generation, outstanding: 0, failures: Vec::new() };
+    }
+
+    fn next_epoch(&mut self) {
+        self.epoch += 1;
+        self.deliveries().lock().insert(self.epoch, Epoch::default());
     }
 
     /// librdkafka reports a fatal error when the idempotent producer can no longer guarantee
-    /// order and no duplicates; the only way on is a new producer.
+    /// order and no duplicates; the only way on is a new producer. Flushes in flight keep the
+    /// old producer's reports (dropping it fails what it still held, so the engine sends those
+    /// again).
     fn recover_from_fatal(&mut self) -> Result<(), WriteError> {
         let Some((code, reason)) = self.producer.client().fatal_error() else { return Ok(()) };
         warn!("Kafka producer failed fatally ({code}: {reason}); creating a new one and re-sending unconfirmed events");
-        self.producer = create_producer(&self.config).map_err(|e| WriteError::Retryable(e.to_string()))?;
-        self.generation += 1;
-        *self.deliveries().lock() = Reports { generation: self.generation, outstanding: 0, failures: Vec::new() };
+        self.producer = create_producer(&self.config, self.epoch).map_err(|e| WriteError::Retryable(e.to_string()))?;
         self.failed = self
             .written
             .iter()
@@ -210,6 +242,18 @@ impl KafkaSink {
             .flat_map(|(b, w)| (0..w.payloads.len()).map(move |r| (b as u32, r as u32)))
             .collect();
         Ok(())
+    }
+
+    /// Where each written batch starts among the events written since the last flush.
+    fn starts(&self) -> Vec<usize> {
+        self.written
+            .iter()
+            .scan(0, |at, w| {
+                let start = *at;
+                *at += w.payloads.len();
+                Some(start)
+            })
+            .collect()
     }
 
     async fn create_topics(&mut self, topics: &StringArray) -> Result<(), WriteError> {
@@ -251,12 +295,12 @@ impl KafkaSink {
     /// Hand one event to librdkafka, waiting while its queue is full.
     async fn send(&self, b: u32, row: u32) -> Result<(), KafkaError> {
         let w = &self.written[b as usize];
-        let (i, generation) = (row as usize, self.generation);
+        let (i, epoch) = (row as usize, self.epoch);
         let headers = match &w.headers {
             Some(h) if h.is_valid(i) => Some(parse_headers(h.value(i))),
             _ => None,
         };
-        let mut record = BaseRecord::with_opaque_to(w.topics.value(i), Box::new(Id { generation, batch: b, row }))
+        let mut record = BaseRecord::with_opaque_to(w.topics.value(i), Box::new(Id { epoch, batch: b, row }))
             .payload(w.payloads.value(i));
         if let Some(k) = &w.keys
             && k.is_valid(i)
@@ -282,40 +326,47 @@ impl KafkaSink {
     /// Send the events of `rows`, counting them as outstanding; an event librdkafka refuses at
     /// once counts as a failed delivery.
     async fn send_all(&mut self, rows: &[(u32, u32)]) {
-        self.deliveries().lock().outstanding += rows.len();
+        self.deliveries().lock().entry(self.epoch).or_default().outstanding += rows.len();
         for &(b, r) in rows {
             if let Err(e) = self.send(b, r).await {
-                let mut reports = self.deliveries().lock();
-                reports.failures.push((Id { generation: self.generation, batch: b, row: r }, e));
-                reports.outstanding -= 1;
+                let mut epochs = self.deliveries().lock();
+                let epoch = epochs.entry(self.epoch).or_default();
+                epoch.failures.push((Id { epoch: self.epoch, batch: b, row: r }, e));
+                epoch.outstanding = epoch.outstanding.saturating_sub(1);
             }
         }
     }
 
-    /// Wait until every event sent is reported on (or the wait is hopeless).
-    async fn wait_for_reports(&self) -> Result<Vec<(Id, KafkaError)>, WriteError> {
-        // librdkafka reports every message within `message.timeout.ms`; past that something is
-        // badly wrong, and the engine's retry takes over.
-        let limit = tokio::time::Instant::now() + self.delivery_timeout + Duration::from_secs(10);
-        loop {
-            {
-                let mut r = self.deliveries().lock();
-                if r.outstanding == 0 {
-                    return Ok(std::mem::take(&mut r.failures));
-                }
-            }
-            if tokio::time::timeout_at(limit, self.deliveries().done.notified()).await.is_err() {
-                return Err(WriteError::Retryable(format!(
-                    "no delivery report within {:?}",
-                    self.delivery_timeout + Duration::from_secs(10)
-                )));
-            }
-        }
+    fn report_limit(&self) -> Duration {
+        self.delivery_timeout + Duration::from_secs(10)
     }
 }
 
-fn create_producer(config: &ClientConfig) -> Result<ThreadedProducer<Deliveries>, ConnectorError> {
-    config.create_with_context(Deliveries::default()).map_err(|e| creation_error("producer", e))
+/// A producer whose reports go to epochs from `epoch` on.
+fn create_producer(config: &ClientConfig, epoch: u64) -> Result<ThreadedProducer<Deliveries>, ConnectorError> {
+    let deliveries = Deliveries::default();
+    deliveries.lock().insert(epoch, Epoch::default());
+    config.create_with_context(deliveries).map_err(|e| creation_error("producer", e))
+}
+
+/// The failed deliveries of an epoch as the engine's partial failure, by position among its
+/// events (`starts`: where each written batch starts).
+fn failed_events(failures: Vec<(Id, KafkaError)>, starts: &[usize]) -> Result<(), WriteError> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let items = failures
+        .into_iter()
+        .map(|(id, e)| {
+            let retryable = !permanent(&e);
+            ItemFailure {
+                index: starts.get(id.batch as usize).map_or(usize::MAX, |s| s + id.row as usize),
+                retryable,
+                error: if retryable { e.to_string() } else { format!("Kafka refused the event: {e}") },
+            }
+        })
+        .collect();
+    Err(WriteError::Partial(PartialFailure { items }))
 }
 
 /// A JSON object of names to values; non-string values are sent as their JSON text, a
@@ -422,38 +473,35 @@ impl Sink for KafkaSink {
                 let again = std::mem::take(&mut self.failed);
                 self.send_all(&again).await;
             }
-            let failures = match self.wait_for_reports().await {
+            let failures = match self.deliveries().wait(self.epoch, self.report_limit()).await {
                 Ok(f) => f,
                 Err(e) => {
                     self.abandoned = true;
                     return Err(e);
                 }
             };
-            // Positions among everything written since the last flush, in write order.
-            let mut starts = Vec::with_capacity(self.written.len());
-            let mut at = 0;
-            for w in &self.written {
-                starts.push(at);
-                at += w.payloads.len();
-            }
+            let starts = self.starts();
             self.written.clear();
             self.abandoned = false;
-            if failures.is_empty() {
-                return Ok(());
-            }
-            let items = failures
-                .into_iter()
-                .map(|(id, e)| {
-                    let retryable = !permanent(&e);
-                    ItemFailure {
-                        index: starts.get(id.batch as usize).map_or(usize::MAX, |s| s + id.row as usize),
-                        retryable,
-                        error: if retryable { e.to_string() } else { format!("Kafka refused the event: {e}") },
-                    }
-                })
-                .collect();
-            Err(WriteError::Partial(PartialFailure { items }))
+            failed_events(failures, &starts)
         })
+    }
+
+    fn begin_flush(&mut self) -> Option<Flushing> {
+        // Events to send again (after a rebuilt producer) need an async send first: flush.
+        if !self.failed.is_empty() || self.abandoned || self.producer.client().fatal_error().is_some() {
+            return None;
+        }
+        let (epoch, deliveries, limit, starts) =
+            (self.epoch, self.deliveries().clone(), self.report_limit(), self.starts());
+        self.written.clear();
+        self.next_epoch();
+        Some(Box::pin(async move {
+            let result = deliveries.wait(epoch, limit).await;
+            // Done with, or given up on: later reports are ignored.
+            deliveries.lock().remove(&epoch);
+            failed_events(result?, &starts)
+        }))
     }
 }
 
