@@ -423,8 +423,11 @@ impl SinkRunner {
                 if in_flight.len() >= FLUSHES_IN_FLIGHT
                     && let Some(done) = in_flight.pop_front()
                 {
-                    let result = done.flushing.await;
-                    self.finish(done.written, result, &logged).await;
+                    // Settled, but its failures are written again only after this group's
+                    // flush has begun: the sink holds this group now, and retried events must
+                    // not join its epoch.
+                    let result = background_outcome(done.flushing.await, &done.written);
+                    self.settle_flush(done.written, result, &mut again, &logged).await;
                 }
                 match self.sink.begin_flush() {
                     Some(flushing) => in_flight.push_back(InFlight { written, flushing }),
@@ -456,7 +459,7 @@ impl SinkRunner {
         let written = self.write_parts(parts, &mut again, logged).await;
         if !written.is_empty() {
             let result = match self.sink.begin_flush() {
-                Some(flushing) => background_outcome(flushing.await, &written, &self.stats),
+                Some(flushing) => background_outcome(flushing.await, &written),
                 None => self.attempt(Step::Flush).await,
             };
             self.settle_flush(written, result, &mut again, logged).await;
@@ -494,9 +497,10 @@ impl SinkRunner {
         written
     }
 
-    /// Settle a flush that ran on its own, then write again what failed.
+    /// Settle a flush that ran on its own, then write again what failed. Only while the sink
+    /// holds nothing unflushed: retried events get a flush of their own.
     async fn finish(&mut self, written: Vec<Part>, result: Result<(), WriteError>, logged: &AtomicU64) {
-        let result = background_outcome(result, &written, &self.stats);
+        let result = background_outcome(result, &written);
         let mut again = Vec::new();
         self.settle_flush(written, result, &mut again, logged).await;
         self.retry(again, logged).await;
@@ -674,13 +678,13 @@ impl SinkRunner {
 /// What a flush that ran on its own ([`Sink::begin_flush`]) did to the events of `written`. One
 /// that failed as a whole left the sink holding none of them: all of them are to be written
 /// again (as retryable failures, so their attempts count).
-fn background_outcome(result: Result<(), WriteError>, written: &[Part], stats: &NodeStats) -> Result<(), Failure> {
+fn background_outcome(result: Result<(), WriteError>, written: &[Part]) -> Result<(), Failure> {
     match result {
         Ok(()) => Ok(()),
         Err(WriteError::Partial(p)) => Err(Failure::Partial(p)),
         Err(e @ WriteError::Fatal(_)) => Err(Failure::Whole(e, 1)),
         Err(e @ WriteError::Retryable(_)) => {
-            stats.retries.inc();
+            // Counted as retries when they are settled.
             let total: usize = written.iter().map(|p| p.batch.len()).sum();
             let error = e.to_string();
             let items = (0..total).map(|index| ItemFailure { index, retryable: true, error: error.clone() }).collect();

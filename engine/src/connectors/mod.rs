@@ -119,7 +119,8 @@ pub trait Source: Send {
 /// A flush running on its own ([`Sink::begin_flush`]).
 pub type Flushing = BoxFuture<'static, Result<(), WriteError>>;
 
-/// Writes events out. `write` may buffer; once `flush` returns `Ok`, everything written is
+/// Writes events out. `write` may buffer; once `flush` returns `Ok` (or the future
+/// [`Sink::begin_flush`] returned resolves `Ok`), everything written since the previous flush is
 /// durably accepted and the events are acknowledged to their sources.
 ///
 /// After a `flush` that failed with `Retryable` or `Fatal` the sink still holds what was

@@ -116,8 +116,9 @@ impl ProducerContext for Deliveries {
     }
 }
 
-/// A batch written since the last successful flush, kept so failed events can be sent again
-/// (the arrays are reference-counted: keeping them copies nothing).
+/// A batch of the current epoch (written since the last `flush` or `begin_flush`), kept so
+/// failed events can be sent again (the arrays are reference-counted: keeping them copies
+/// nothing).
 #[derive(Debug)]
 struct Written {
     payloads: BinaryArray,
