@@ -88,7 +88,9 @@ impl Deliveries {
             match self.lock().get_mut(&epoch) {
                 Some(e) if e.outstanding > 0 => {}
                 Some(e) => return Ok(std::mem::take(&mut e.failures)),
-                None => return Ok(Vec::new()),
+                // Not expected (an epoch is listed until its flush is done with it); were it to
+                // happen, sending the events again beats assuming them delivered.
+                None => return Err(WriteError::Retryable("the delivery reports of these events were lost".into())),
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(WriteError::Retryable(format!("no delivery report within {limit:?}")));

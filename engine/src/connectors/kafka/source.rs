@@ -341,12 +341,7 @@ impl Poller {
                 self.set_paused(false);
                 paused = false;
             }
-            if last_commit.elapsed() >= self.commit_interval {
-                // Synchronous: one round trip per interval, and a refused commit (the group is
-                // rebalancing) is known at once and offered again.
-                self.commit(CommitMode::Sync);
-                last_commit = Instant::now();
-            }
+            self.commit_if_due(&mut last_commit);
             let timeout = if paused {
                 PAUSED_POLL
             } else {
@@ -441,10 +436,17 @@ impl Poller {
             if Instant::now() >= deadline {
                 return None;
             }
-            if last_commit.elapsed() >= self.commit_interval {
-                self.commit(CommitMode::Sync);
-                *last_commit = Instant::now();
-            }
+            self.commit_if_due(last_commit);
+        }
+    }
+
+    /// Commit what is acknowledged once `commit_interval` has passed since the last commit.
+    fn commit_if_due(&self, last_commit: &mut Instant) {
+        if last_commit.elapsed() >= self.commit_interval {
+            // Synchronous: one round trip per interval, and a refused commit (the group is
+            // rebalancing) is known at once and offered again.
+            self.commit(CommitMode::Sync);
+            *last_commit = Instant::now();
         }
     }
 
