@@ -1,11 +1,11 @@
 //! The `phoenix` command line.
 
-use crate::logging::{self, LogFormat};
-use crate::metrics::Metrics;
+use crate::observability::logging::{self, LogFormat};
+use crate::observability::metrics::Metrics;
+use crate::observability::progress;
+use crate::observability::server::{self, Health};
 use crate::options::Settings;
-use crate::progress;
 use crate::run::{self as engine_run, RunConfig, SINK_QUEUE, default_workers};
-use crate::server::{self, Health};
 use crate::taskgraph::{TaskGraph, node_labels};
 use crate::testing;
 use crate::{EngineCatalog, FsLoader};
@@ -265,15 +265,15 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
                     runtime()?.block_on(crate::bench::run_bench(&dir, events, workers, runs)).map(|r| r.to_string())
                 }
                 BenchSink::Elasticsearch => runtime()?
-                    .block_on(crate::bench_elasticsearch::run_bench(&dir, events, workers))
+                    .block_on(crate::bench::elasticsearch::run_bench(&dir, events, workers))
                     .map(|r| r.to_string()),
                 BenchSink::Kafka => {
                     let brokers = brokers.context(
                         "`--sink kafka` needs a broker: `--brokers HOST:PORT` or `KAFKA_BROKERS` \
                          (a local one: `tansu broker --storage-engine memory://tansu/`, see README)",
                     )?;
-                    let config = crate::bench_kafka::Config { brokers, events, workers };
-                    runtime()?.block_on(crate::bench_kafka::run_bench(&config)).map(|r| r.to_string())
+                    let config = crate::bench::kafka::Config { brokers, events, workers };
+                    runtime()?.block_on(crate::bench::kafka::run_bench(&config)).map(|r| r.to_string())
                 }
             };
             if cleanup {

@@ -10,7 +10,7 @@ use crate::exec::ack::Ack;
 use crate::exec::batch::{DeadLetter, RawBatch, SinkBatch};
 use crate::exec::decode::Decoder;
 use crate::exec::pipeline::{Emit, Pipeline, dead_letter_batch};
-use crate::metrics::{Metrics, NodeStats};
+use crate::observability::metrics::{Metrics, NodeStats};
 use crate::options::{OptionError, Options, Settings};
 use crate::taskgraph::{TaskGraph, raw_queue};
 use arrow::array::{Array, BinaryArray, UInt32Array};

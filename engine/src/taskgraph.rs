@@ -15,7 +15,7 @@ use crate::exec::decode::Decoder;
 use crate::exec::encode::Encoder;
 use crate::exec::pipeline::{Arm, Column, Narrow, Op, PhysExpr, Pipeline, SinkTarget, Stage, Target, prune};
 use crate::exec::runtime_schema;
-use crate::metrics::Metrics;
+use crate::observability::metrics::Metrics;
 use arrow_schema::SchemaRef;
 use datafusion_common::DFSchema;
 use datafusion_expr::Expr;

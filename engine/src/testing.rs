@@ -6,7 +6,7 @@ use crate::EngineCatalog;
 use crate::connectors::{BoxFuture, ConnectorError, Sink, Source, SourceContext, WriteError};
 use crate::exec::ack::Ack;
 use crate::exec::batch::{RawBatchBuilder, SinkBatch};
-use crate::metrics::Metrics;
+use crate::observability::metrics::Metrics;
 use crate::run::{RunConfig, RunError, run};
 use crate::taskgraph::{TaskGraph, node_labels};
 use arrow::array::{Array, ArrayRef, Int64Array};

@@ -5,7 +5,7 @@
 
 mod support;
 
-use phoenix_engine::bench_kafka::{Config, PARTITIONS, run_bench};
+use phoenix_engine::bench::kafka::{Config, PARTITIONS, run_bench};
 use std::collections::HashMap;
 use std::time::Duration;
 use support::kafka::read_topic;

@@ -7,7 +7,7 @@ use phoenix_engine::connectors::elasticsearch::test_server::{self, ItemFault, Re
 use phoenix_engine::connectors::{BoxFuture, ConnectorError, Source, SourceContext};
 use phoenix_engine::exec::ack::Ack;
 use phoenix_engine::exec::batch::RawBatchBuilder;
-use phoenix_engine::metrics::{Metrics, NodeStats};
+use phoenix_engine::observability::metrics::{Metrics, NodeStats};
 use phoenix_engine::run::{RunConfig, RunError, SINK_QUEUE, run};
 use phoenix_engine::taskgraph::{TaskGraph, node_labels, raw_queue};
 use serde_json::Value;

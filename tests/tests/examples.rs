@@ -59,7 +59,7 @@ fn example_tests_pass() {
 /// The quick start in the README runs end to end through the real file connectors.
 #[test]
 fn quickstart_runs_end_to_end() {
-    use phoenix_engine::metrics::Metrics;
+    use phoenix_engine::observability::metrics::Metrics;
     use phoenix_engine::run::{RunConfig, run};
     use phoenix_engine::taskgraph::{TaskGraph, node_labels};
     let dir = std::env::temp_dir().join(format!("phoenix-quickstart-{}", std::process::id()));

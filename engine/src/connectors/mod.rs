@@ -17,7 +17,7 @@ pub mod sqs;
 pub mod stdio;
 
 use crate::exec::batch::{RawBatch, SinkBatch};
-use crate::metrics::NodeStats;
+use crate::observability::metrics::NodeStats;
 use crate::options::Options;
 use phoenix_dsl::catalog::{ConnectorSpec, MetaSpec, OptionSpec, OptionType};
 use phoenix_dsl::types::{StreamType, Ty};

@@ -11,7 +11,7 @@ use super::RAW_COLUMN;
 use super::ack::Ack;
 use super::batch::{DeadLetter, SinkBatch};
 use super::encode::Encoder;
-use crate::metrics::NodeStats;
+use crate::observability::metrics::NodeStats;
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, TimestampNanosecondArray};
 use arrow::array::{BinaryViewArray, Int64Array, NullArray};
 use arrow::compute::kernels::boolean::{and_not, not, or};

@@ -7,7 +7,7 @@ pub mod servers;
 
 use phoenix_dsl::MemoryLoader;
 use phoenix_engine::EngineCatalog;
-use phoenix_engine::metrics::Metrics;
+use phoenix_engine::observability::metrics::Metrics;
 use phoenix_engine::run::{RunConfig, RunError, run};
 use phoenix_engine::taskgraph::{TaskGraph, node_labels};
 use std::path::{Path, PathBuf};

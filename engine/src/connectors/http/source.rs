@@ -337,7 +337,7 @@ fn raw_batch(data: &Bytes, spans: &[Range<usize>], remote: &str, ack: Ack) -> Ra
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
+    use crate::observability::metrics::Metrics;
     use crate::options::Settings;
     use arrow::array::Array;
     use phoenix_dsl::plan::graph::OptionValue;

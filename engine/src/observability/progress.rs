@@ -16,7 +16,7 @@
 //! counts (`1,000,000`) and average rates. Rates are shown for sources (events read) and sinks
 //! (events written); `unhandled` and `retries` appear on a node's line only when nonzero.
 
-use crate::metrics::{Metrics, NodeStats};
+use crate::observability::metrics::{Metrics, NodeStats};
 use console::style;
 use indicatif::{HumanCount, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::fmt::Write as _;

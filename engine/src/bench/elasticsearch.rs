@@ -12,7 +12,7 @@ use crate::EngineCatalog;
 use crate::bench::event_schema;
 use crate::bench::{cores, cpu_model, cpu_time, generate_input, peak_rss_kib};
 use crate::connectors::elasticsearch::test_server;
-use crate::metrics::Metrics;
+use crate::observability::metrics::Metrics;
 use crate::run::{RunConfig, run};
 use crate::taskgraph::{TaskGraph, node_labels};
 use phoenix_dsl::MemoryLoader;

@@ -45,7 +45,7 @@ struct Stderr;
 
 impl Write for Stderr {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        crate::progress::suspend(|| std::io::stderr().lock().write_all(buf))?;
+        crate::observability::progress::suspend(|| std::io::stderr().lock().write_all(buf))?;
         Ok(buf.len())
     }
 

@@ -11,8 +11,8 @@
 //! and tests can bind port 0:
 //!
 //! ```no_run
-//! # async fn demo(metrics: std::sync::Arc<phoenix_engine::metrics::Metrics>) -> Result<(), phoenix_engine::server::ServerError> {
-//! use phoenix_engine::server::{self, Health};
+//! # async fn demo(metrics: std::sync::Arc<phoenix_engine::observability::metrics::Metrics>) -> Result<(), phoenix_engine::observability::server::ServerError> {
+//! use phoenix_engine::observability::server::{self, Health};
 //! let listener = server::bind("127.0.0.1:9090").await?;
 //! let health = Health::new();
 //! let stop = tokio_util::sync::CancellationToken::new();
@@ -25,7 +25,7 @@
 //! # Ok(()) }
 //! ```
 
-use crate::metrics::Metrics;
+use crate::observability::metrics::Metrics;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};

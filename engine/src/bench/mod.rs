@@ -4,10 +4,16 @@
 //! `file → where → select → route (3 ways) → 3 files` on the real engine and reports events/s,
 //! MB/s, CPU seconds, events per CPU-second and peak RSS. Peak memory must not grow with the
 //! input: run it with 1M and 10M events and compare.
+//!
+//! The other sinks' benches live beside it: [`elasticsearch`] (`--sink elasticsearch`) and
+//! [`kafka`] (`--sink kafka`).
+
+pub mod elasticsearch;
+pub mod kafka;
 
 use crate::EngineCatalog;
 use crate::connectors::generate::write_record;
-use crate::metrics::Metrics;
+use crate::observability::metrics::Metrics;
 use crate::run::{RunConfig, run};
 use crate::taskgraph::{TaskGraph, node_labels};
 use phoenix_dsl::MemoryLoader;

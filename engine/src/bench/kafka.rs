@@ -23,7 +23,7 @@ use crate::EngineCatalog;
 use crate::bench::event_schema;
 use crate::bench::{cores, cpu_model, cpu_time, peak_rss_kib};
 use crate::connectors::generate::write_record;
-use crate::metrics::Metrics;
+use crate::observability::metrics::Metrics;
 use crate::run::{RunConfig, run};
 use crate::taskgraph::{TaskGraph, node_labels};
 use anyhow::Context;
