@@ -88,6 +88,13 @@ const MALFORMED: &str = r#"{"id":"bad-1","type":"order","ts":"2026-03-01T10:00:0
 /// An order without its required `ts`.
 const MISSING_TS: &str = r#"{"id":"m-1","type":"order","amount":5}"#;
 
+/// The answer to the NDJSON request: which events went to `.errors`, and why.
+const NDJSON_ANSWER: &str = concat!(
+    r#"{"accepted":46,"rejected":2,"errors":["#,
+    r#"{"index":20,"error":"invalid JSON at byte 57: the text ends before the object does"},"#,
+    r#"{"index":30,"error":"missing required field `ts`"}]}"#
+);
+
 /// POST the scenario's requests and check every answer. `delivered` is called after each
 /// accepted request (numbered from 1): a 200 promises the events are already written everywhere.
 fn ingest(addr: &str, rejected: &Path, mut delivered: impl FnMut(usize, &Sent)) -> Sent {
@@ -103,7 +110,7 @@ fn ingest(addr: &str, rejected: &Path, mut delivered: impl FnMut(usize, &Sent)) 
     body.insert(30, MISSING_TS.into());
     let text = body.join("\n") + "\n";
     let (status, answer) = curl(addr, "POST", "/events", Some("application/x-ndjson"), Some(text.as_bytes()));
-    assert_eq!((status, answer.as_str()), (200, r#"{"accepted":48}"#), "NDJSON request");
+    assert_eq!((status, answer.as_str()), (200, NDJSON_ANSWER), "NDJSON request");
     sent.valid.extend(first.iter().map(|(id, e)| (id.clone(), kind_of(e))));
     // The file sink flushed before the answer: the refused events are there now, no waiting.
     let refused: BTreeSet<String> = json_lines(rejected).iter().map(rejected_id).collect();
@@ -116,7 +123,7 @@ fn ingest(addr: &str, rejected: &Path, mut delivered: impl FnMut(usize, &Sent)) 
     items.push(r#"  {"id": "x-2", "type": "refund", "ts": "2026-03-01T11:00:00Z"}"#.into());
     let text = format!("[\n{}\n]\n", items.join(",\n"));
     let (status, answer) = curl(addr, "POST", "/events", Some("application/json"), Some(text.as_bytes()));
-    assert_eq!((status, answer.as_str()), (200, r#"{"accepted":31}"#), "JSON array request");
+    assert_eq!((status, answer.as_str()), (200, r#"{"accepted":31,"rejected":0,"errors":[]}"#), "JSON array request");
     sent.valid.extend(second.iter().map(|(id, e)| (id.clone(), kind_of(e))));
     delivered(2, &sent);
 
@@ -124,7 +131,7 @@ fn ingest(addr: &str, rejected: &Path, mut delivered: impl FnMut(usize, &Sent)) 
     let one =
         "{\n  \"id\": \"o-200\",\n  \"type\": \"order\",\n  \"ts\": \"2026-03-01T12:00:00Z\",\n  \"amount\": 99\n}\n";
     let (status, answer) = curl(addr, "POST", "/events", None, Some(one.as_bytes()));
-    assert_eq!((status, answer.as_str()), (200, r#"{"accepted":1}"#), "single object request");
+    assert_eq!((status, answer.as_str()), (200, r#"{"accepted":1,"rejected":0,"errors":[]}"#), "single object request");
     sent.valid.insert("o-200".into(), "order".into());
     delivered(3, &sent);
 
