@@ -143,7 +143,10 @@ mod tests {
         }
         drop(ack);
         let r = waiter.report().await.unwrap();
-        assert_eq!((r.count, r.listed.len(), r.listed[3].clone()), (Rejected::LISTED + 5, Rejected::LISTED, (3, "bad".into())));
+        assert_eq!(
+            (r.count, r.listed.len(), r.listed[3].clone()),
+            (Rejected::LISTED + 5, Rejected::LISTED, (3, "bad".into()))
+        );
         // A plain ack keeps nothing.
         let (ack, waiter) = Ack::new();
         ack.reject(0, "bad");

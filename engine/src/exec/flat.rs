@@ -14,6 +14,7 @@
 //! byte for byte as arrow-json's writer would (explicit nulls, `lexical` numbers, RFC 3339
 //! timestamps with `Z`) but without its per-value formatting machinery.
 
+use super::json::{Cursor, Keys, Problem, needs_look, same, word};
 use arrow::array::builder::NullBufferBuilder;
 use arrow::array::{
     Array, ArrayRef, AsArray, BinaryArray, BooleanBuilder, Float64Builder, Int64Builder, NullArray, RecordBatch,
@@ -21,7 +22,6 @@ use arrow::array::{
 };
 use arrow::buffer::{OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef, TimeUnit, TimestampNanosecondType};
-use super::json::{Cursor, Keys, Problem, needs_look, same, word};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -75,7 +75,9 @@ impl fmt::Display for Problem {
             Problem::ExpectedCommaOr(close) => write!(f, "expected `,` or `{}`", char::from(*close)),
             Problem::ExpectedValue => write!(f, "expected a value"),
             Problem::Trailing => write!(f, "more text after the object (one event per payload)"),
-            Problem::ControlCharacter(c) => write!(f, "raw control character U+{c:04X} in a string (it must be escaped)"),
+            Problem::ControlCharacter(c) => {
+                write!(f, "raw control character U+{c:04X} in a string (it must be escaped)")
+            }
             Problem::BadEscape => write!(f, "invalid escape in a string"),
             Problem::LoneSurrogate => write!(f, "a \\u escape of a lone surrogate (encodes no character)"),
             Problem::BadUtf8 => write!(f, "not UTF-8"),
@@ -203,10 +205,10 @@ impl<'a> Cursor<'a> {
             self.i = end;
             return Ok(value);
         }
-        // Point at the first byte that differs.
-        let same = self.b[self.i..].iter().zip(lit).take_while(|(a, b)| a == b).count();
-        self.i += same;
-        self.here(Problem::ExpectedValue)
+        if self.b.len() < end && self.b[self.i..].iter().zip(lit).all(|(a, b)| a == b) {
+            return self.fail(self.b.len(), Problem::End);
+        }
+        self.fail(self.i, Problem::ExpectedValue)
     }
 
     /// A JSON number: its text and whether it is an integer (no fraction, no exponent). Fails
@@ -618,7 +620,7 @@ mod tests {
             (br#"{"a":.5}"#, 5, ExpectedValue),
             (br#"{"a":1e99967.18}"#, 5, NumberOutOfRange),
             (br#"{"a":-1e309}"#, 5, NumberOutOfRange),
-            (br#"{"a":tru}"#, 8, ExpectedValue),
+            (br#"{"a":tru}"#, 5, ExpectedValue),
             (br#"{"a":nul"#, 8, End),
             (br#"{"a":NaN}"#, 5, ExpectedValue),
             (br#"{"a":1,"b":2,"a":3}"#, 13, DuplicateKey("a".into())),

@@ -252,7 +252,9 @@ async fn ingest_request(ingest: &Ingest, remote: SocketAddr, req: Request) -> Re
         }
     }
     let mut rejected = Rejected::default();
-    for (n, outcome) in futures::future::join_all(waiters.into_iter().map(AckWaiter::report)).await.into_iter().enumerate() {
+    for (n, outcome) in
+        futures::future::join_all(waiters.into_iter().map(AckWaiter::report)).await.into_iter().enumerate()
+    {
         match outcome {
             Ok(r) => {
                 for (i, reason) in r.listed {
@@ -266,11 +268,8 @@ async fn ingest_request(ingest: &Ingest, remote: SocketAddr, req: Request) -> Re
             }
         }
     }
-    let errors: Vec<serde_json::Value> = rejected
-        .listed
-        .iter()
-        .map(|(index, error)| serde_json::json!({ "index": index, "error": error }))
-        .collect();
+    let errors: Vec<serde_json::Value> =
+        rejected.listed.iter().map(|(index, error)| serde_json::json!({ "index": index, "error": error })).collect();
     let answer = serde_json::json!({
         "accepted": spans.len() - rejected.count,
         "rejected": rejected.count,
