@@ -11,10 +11,10 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
 use std::time::Duration;
 use support::servers::{Moto, Tansu, python_client};
-use support::{Guard, free_port, json_lines, lines, phoenix_run, signal, temp, until, wait};
+use support::{Guard, curl, free_port, json_lines, lines, phoenix_run, signal, temp, until, wait};
 
 const TOPICS: [&str; 3] = ["products", "orders", "suppliers"];
 
@@ -45,30 +45,6 @@ fn valid(range: std::ops::Range<usize>, kinds: &[&str]) -> Vec<(String, String)>
             (id.clone(), event(&id, kind, i))
         })
         .collect()
-}
-
-/// One request with the real curl, to 127.0.0.1 only (`--noproxy`): status and body.
-fn curl(addr: &str, method: &str, path: &str, content_type: Option<&str>, body: Option<&[u8]>) -> (u16, String) {
-    use std::io::Write;
-    let mut c = Command::new("/usr/bin/curl");
-    c.args(["-sS", "--noproxy", "*", "--max-time", "120", "-X", method, "-w", "\n%{http_code}"]);
-    if let Some(t) = content_type {
-        c.args(["-H", &format!("Content-Type: {t}")]);
-    }
-    if body.is_some() {
-        c.args(["--data-binary", "@-"]);
-    }
-    c.arg(format!("http://{addr}{path}")).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = c.spawn().expect("run /usr/bin/curl");
-    if let Some(b) = body {
-        child.stdin.take().expect("stdin").write_all(b).expect("write the body to curl");
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().expect("curl");
-    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8(out.stdout).expect("utf-8 answer");
-    let (body, status) = text.rsplit_once('\n').expect("curl prints the status last");
-    (status.trim().parse().expect("status code"), body.to_string())
 }
 
 /// What the requests sent, and where each event must end up.
