@@ -19,70 +19,13 @@ use phoenix_dsl::types::{Record, RecordField, StreamType, Ty};
 use phoenix_engine::exec::ack::Ack;
 use phoenix_engine::exec::batch::RawBatchBuilder;
 use phoenix_engine::exec::decode::Decoder;
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+use support::strict::strict_object;
 use support::{Guard, curl, free_port, phoenix_run, temp, until};
 
 // ---- The reference ----------------------------------------------------------------------------
-
-/// Any JSON value, as serde_json parses it with no leniency, refusing a repeated key.
-struct Strict;
-
-impl<'de> Deserialize<'de> for Strict {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Strict, D::Error> {
-        d.deserialize_any(StrictVisitor)
-    }
-}
-
-struct StrictVisitor;
-
-impl<'de> Visitor<'de> for StrictVisitor {
-    type Value = Strict;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("JSON")
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Strict, E> {
-        Ok(Strict)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Strict, E> {
-        Ok(Strict)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Strict, E> {
-        Ok(Strict)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Strict, E> {
-        Ok(Strict)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Strict, E> {
-        Ok(Strict)
-    }
-    fn visit_unit<E>(self) -> Result<Strict, E> {
-        Ok(Strict)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
-        while seq.next_element::<Strict>()?.is_some() {}
-        Ok(Strict)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
-        let mut seen = HashSet::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if !seen.insert(key) {
-                return Err(de::Error::custom("duplicate key"));
-            }
-            map.next_value::<Strict>()?;
-        }
-        Ok(Strict)
-    }
-}
-
-/// One JSON object and nothing else, per serde_json.
-fn strict_object(line: &[u8]) -> bool {
-    line.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r')) == Some(&b'{')
-        && serde_json::from_slice::<Strict>(line).is_ok()
-}
 
 /// What arrow-json alone makes of one line: accepted as one row of `schema`.
 fn fits(line: &[u8], schema: &SchemaRef) -> bool {
@@ -92,8 +35,28 @@ fn fits(line: &[u8], schema: &SchemaRef) -> bool {
     d.decode(line).is_ok() && d.flush().ok().flatten().is_some_and(|b| b.num_rows() == 1)
 }
 
-fn reference(line: &[u8], schema: &SchemaRef) -> bool {
-    strict_object(line) && fits(line, schema)
+/// The schema's rule arrow-json does not keep: a number in an `int` or `timestamp` field must
+/// be a whole number within 64 bits (arrow-json would truncate `1.5`, saturate `1e20`).
+fn exact(value: &serde_json::Value, ty: &Ty) -> bool {
+    use serde_json::Value;
+    match (value, ty) {
+        (Value::Number(n), Ty::Int | Ty::Timestamp) => {
+            n.is_i64()
+                || n.as_f64().is_some_and(|v| {
+                    v.fract() == 0.0 && (-9.223372036854775808e18..9.223372036854775808e18).contains(&v) && !n.is_u64()
+                })
+        }
+        (Value::Object(o), Ty::Record(r)) => r.fields.iter().all(|f| o.get(&f.name).is_none_or(|v| exact(v, &f.ty))),
+        (Value::Array(a), Ty::List(t)) => a.iter().all(|v| exact(v, t)),
+        _ => true,
+    }
+}
+
+fn reference(line: &[u8], stream: &StreamType) -> bool {
+    let schema: SchemaRef = Arc::new(arrow::datatypes::Schema::new(stream.record.arrow_fields()));
+    strict_object(line)
+        && exact(&serde_json::from_slice(line).expect("strict JSON"), &Ty::Record(stream.record.clone()))
+        && fits(line, &schema)
 }
 
 // ---- Events and damage --------------------------------------------------------------------------
@@ -134,7 +97,8 @@ fn nested() -> StreamType {
     ])
 }
 
-const WORDS: &[&str] = &["alpha", "bravo", "café", "日本語", "q\\\"uote", "tab\\tbed", "\\u00e9t\\u00e9", "\\ud83d\\ude00"];
+const WORDS: &[&str] =
+    &["alpha", "bravo", "café", "日本語", "q\\\"uote", "tab\\tbed", "\\u00e9t\\u00e9", "\\ud83d\\ude00"];
 
 fn word(rng: &mut fastrand::Rng) -> String {
     format!("{}-{}", WORDS[rng.usize(..WORDS.len())], rng.u32(..1000))
@@ -318,17 +282,15 @@ fn verdicts(decoder: &Decoder, lines: &[&[u8]]) -> Vec<bool> {
 }
 
 fn differential(name: &str, stream: StreamType, make: fn(&mut fastrand::Rng) -> Vec<u8>, seed: u64) {
-    let schema: SchemaRef = Arc::new(arrow::datatypes::Schema::new(stream.record.arrow_fields()));
     let declared = stream.record.fields.len();
     // Reading every field, and none (fields nothing reads are still checked, not built).
-    let decoders =
-        [Decoder::new(&stream, "source s", &[]), Decoder::new(&stream, "source s", &vec![false; declared])];
+    let decoders = [Decoder::new(&stream, "source s", &[]), Decoder::new(&stream, "source s", &vec![false; declared])];
     let lines = corpus(seed, lines_to_test(), make);
     let (mut valid, mut mismatches) = (0usize, Vec::new());
     for chunk in lines.chunks(512) {
         let mut seen = HashSet::new();
         let chunk: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).filter(|l| seen.insert(*l)).collect();
-        let want: Vec<bool> = chunk.iter().map(|l| reference(l, &schema)).collect();
+        let want: Vec<bool> = chunk.iter().map(|l| reference(l, &stream)).collect();
         valid += want.iter().filter(|v| **v).count();
         for d in &decoders {
             for ((line, got), want) in chunk.iter().zip(verdicts(d, &chunk)).zip(&want) {
@@ -387,7 +349,7 @@ api.errors | dead
     let addr = format!("127.0.0.1:{port}");
     until(&dir, "the http source listens", Duration::from_secs(60), || std::net::TcpStream::connect(&addr).is_ok());
 
-    let schema: SchemaRef = Arc::new(arrow::datatypes::Schema::new(nested().record.arrow_fields()));
+    let stream = nested();
     // Lines as the NDJSON framing sees them: no line breaks inside, trimmed, none blank.
     let trim = |l: &[u8]| -> Vec<u8> {
         let s = l.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(l.len());
@@ -403,7 +365,7 @@ api.errors | dead
     let (mut want_ok, mut want_dead) = (BTreeMap::<Vec<u8>, usize>::new(), BTreeMap::<String, usize>::new());
     // 100 lines a request: at most 100 refusals, so the answer lists every one.
     for body in lines.chunks(100) {
-        let refused: Vec<usize> = (0..body.len()).filter(|&i| !reference(&body[i], &schema)).collect();
+        let refused: Vec<usize> = (0..body.len()).filter(|&i| !reference(&body[i], &stream)).collect();
         for (i, l) in body.iter().enumerate() {
             if refused.contains(&i) {
                 *want_dead.entry(String::from_utf8_lossy(l).into_owned()).or_default() += 1;

@@ -9,7 +9,7 @@
 
 use super::batch::{DeadLetter, RawBatch};
 use super::flat::FlatDecoder;
-use super::json::{Keys, check_event};
+use super::json::{Keys, Shape, check_event};
 use super::pipeline::prune;
 use super::{RAW_COLUMN, runtime_schema};
 use arrow::array::{
@@ -37,6 +37,8 @@ pub struct Decoder {
     record: Arc<Record>,
     /// The one-pass decoder, when every declared field is a scalar.
     flat: Option<FlatDecoder>,
+    /// The declared numbers the validator holds to exact conversion.
+    shape: Shape,
     /// Per column of `schema`: whether the flow reads it. Unread declared fields are still
     /// validated; unread columns travel as `NullArray`s.
     reads: Vec<bool>,
@@ -55,6 +57,7 @@ impl Decoder {
             schema: prune(&full, &reads),
             meta: stream.metadata.fields.iter().map(|f| f.name.clone()).collect(),
             node: node.to_string(),
+            shape: Shape::of(&stream.record),
             record: stream.record.clone(),
             reads,
         }
@@ -101,7 +104,7 @@ impl Decoder {
         let mut bad: Vec<(usize, String)> = Vec::new();
         let mut valid: Vec<usize> = Vec::with_capacity(n);
         for i in 0..n {
-            match check_event(raw.payload(i), &mut keys) {
+            match check_event(raw.payload(i), &mut keys, &self.shape) {
                 Ok(()) => valid.push(i),
                 Err(e) => bad.push((i, e.to_string())),
             }

@@ -704,7 +704,7 @@ mod tests {
                 }
             }
             let theirs = general(&schema, case).filter(|b| b.num_rows() == 1);
-            let valid = super::super::json::check_event(case, &mut Keys::default());
+            let valid = super::super::json::check_event(case, &mut Keys::default(), &Default::default());
             assert!(ours.is_none() || valid.is_ok(), "{valid:?}: {}", String::from_utf8_lossy(case));
             if let Some(ours) = ours {
                 answered += 1;

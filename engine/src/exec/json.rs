@@ -18,6 +18,7 @@
 //! characters and numbers). The flat decoder is made of the same [`Cursor`], so both paths
 //! accept exactly the same bytes.
 
+use phoenix_dsl::types::{Record, Ty};
 use std::fmt;
 
 /// How deep objects and arrays may nest (the outermost object is level 1). The same limit as
@@ -52,6 +53,12 @@ pub enum Problem {
     NumberOutOfRange,
     TooDeep,
     DuplicateKey(String),
+    /// A declared `int` or `timestamp` field's number that would not convert exactly.
+    NotWhole {
+        field: String,
+        ty: &'static str,
+        number: String,
+    },
 }
 
 impl fmt::Display for Invalid {
@@ -59,6 +66,7 @@ impl fmt::Display for Invalid {
         match &self.problem {
             Problem::Empty => write!(f, "empty payload: expected a JSON object"),
             Problem::NotObject(kind) => write!(f, "expected a JSON object, got {kind}"),
+            p @ Problem::NotWhole { .. } => write!(f, "at byte {}: {p}", self.at),
             p => write!(f, "invalid JSON at byte {}: {p}", self.at),
         }
     }
@@ -85,19 +93,26 @@ impl fmt::Display for Problem {
             Problem::NumberOutOfRange => write!(f, "number beyond the range of a 64-bit float"),
             Problem::TooDeep => write!(f, "nested deeper than {MAX_DEPTH} levels"),
             Problem::DuplicateKey(k) => write!(f, "duplicate key {k:?}"),
+            Problem::NotWhole { field, ty, number } => {
+                write!(f, "`{field}` is {ty}, and {number} is not a whole number within 64 bits")
+            }
         }
     }
 }
 
-/// Check that `payload` is a valid event (see the module docs). `keys` is scratch space, reused
-/// across payloads to save allocations.
-pub fn check_event(payload: &[u8], keys: &mut Keys) -> Result<(), Invalid> {
+/// Check that `payload` is a valid event (see the module docs) whose declared numbers convert
+/// exactly ([`Shape`]). `keys` is scratch space, reused across payloads to save allocations.
+pub fn check_event(payload: &[u8], keys: &mut Keys, shape: &Shape) -> Result<(), Invalid> {
     let mut c = Cursor::new(payload);
     keys.reset();
     c.ws();
     match c.peek() {
         None => return Err(Invalid { at: 0, problem: Problem::Empty }),
-        Some(b'{') => c.value(keys, 0)?,
+        Some(b'{') => {
+            c.i += 1;
+            c.ws();
+            c.members(keys, 1, Some(shape))?;
+        }
         Some(_) => {
             // Say what it is when it is valid JSON, else where it breaks.
             let kind = match c.peek() {
@@ -361,9 +376,28 @@ impl<'a> Cursor<'a> {
 
     /// Step over any value, checking it; `depth` is the nesting level of the value's container.
     pub fn value(&mut self, keys: &mut Keys, depth: usize) -> Result<(), Invalid> {
+        self.value_in(keys, depth, None)
+    }
+
+    /// [`Cursor::value`] of a declared field with a `rule` for its numbers.
+    fn value_in(&mut self, keys: &mut Keys, depth: usize, rule: Option<&Rule>) -> Result<(), Invalid> {
         match self.peek() {
             Some(b'"') => self.string(true).map(drop),
-            Some(b'-' | b'0'..=b'9') => self.number().map(drop),
+            Some(b'-' | b'0'..=b'9') => {
+                let at = self.i;
+                let (number, integer) = self.number()?;
+                match rule {
+                    Some(Rule::Whole { field, ty }) if !whole(number, integer) => self.fail(
+                        at,
+                        Problem::NotWhole {
+                            field: field.clone(),
+                            ty,
+                            number: String::from_utf8_lossy(number).into_owned(),
+                        },
+                    ),
+                    _ => Ok(()),
+                }
+            }
             Some(b't' | b'f' | b'n') => self.literal().map(drop),
             Some(open @ (b'{' | b'[')) => {
                 if depth >= MAX_DEPTH {
@@ -371,14 +405,19 @@ impl<'a> Cursor<'a> {
                 }
                 self.i += 1;
                 self.ws();
-                if open == b'{' { self.members(keys, depth + 1) } else { self.elements(keys, depth + 1) }
+                match (open, rule) {
+                    (b'{', Some(Rule::Record(shape))) => self.members(keys, depth + 1, Some(shape)),
+                    (b'{', _) => self.members(keys, depth + 1, None),
+                    (_, Some(Rule::List(inner))) => self.elements(keys, depth + 1, Some(inner)),
+                    _ => self.elements(keys, depth + 1, None),
+                }
             }
             _ => self.here(Problem::ExpectedValue),
         }
     }
 
-    /// The members of an object, after its `{` and whitespace.
-    fn members(&mut self, keys: &mut Keys, depth: usize) -> Result<(), Invalid> {
+    /// The members of an object, after its `{` and whitespace; `shape` is its declared fields.
+    fn members(&mut self, keys: &mut Keys, depth: usize, shape: Option<&Shape>) -> Result<(), Invalid> {
         if self.peek() == Some(b'}') {
             self.i += 1;
             return Ok(());
@@ -391,10 +430,11 @@ impl<'a> Cursor<'a> {
             let at = self.i;
             let key = self.string(true)?;
             keys.insert(self.b, frame, at, key)?;
+            let rule = shape.and_then(|s| s.rule(keys.last(self.b)));
             self.ws();
             self.eat(b':', Problem::ExpectedColon)?;
             self.ws();
-            self.value(keys, depth)?;
+            self.value_in(keys, depth, rule)?;
             self.ws();
             if self.comma_or(b'}')? {
                 return keys.close(self.b, frame);
@@ -402,20 +442,71 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// The elements of an array, after its `[` and whitespace.
-    fn elements(&mut self, keys: &mut Keys, depth: usize) -> Result<(), Invalid> {
+    /// The elements of an array, after its `[` and whitespace; `rule` is its declared elements'.
+    fn elements(&mut self, keys: &mut Keys, depth: usize, rule: Option<&Rule>) -> Result<(), Invalid> {
         if self.peek() == Some(b']') {
             self.i += 1;
             return Ok(());
         }
         loop {
-            self.value(keys, depth)?;
+            self.value_in(keys, depth, rule)?;
             self.ws();
             if self.comma_or(b']')? {
                 return Ok(());
             }
         }
     }
+}
+
+/// Where a schema's fields would take a number inexactly. arrow-json truncates a fraction in an
+/// `int` field (`1.5` becomes 1) and saturates a `timestamp` given as nanoseconds beyond 64 bits
+/// (to the year 2262): the validator refuses such numbers instead of letting them change.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Shape {
+    fields: Vec<(String, Rule)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Rule {
+    Whole { field: String, ty: &'static str },
+    Record(Shape),
+    List(Box<Rule>),
+}
+
+impl Shape {
+    pub fn of(record: &Record) -> Shape {
+        Shape {
+            fields: record.fields.iter().filter_map(|f| Some((f.name.clone(), Rule::of(&f.name, &f.ty)?))).collect(),
+        }
+    }
+
+    fn rule(&self, key: &[u8]) -> Option<&Rule> {
+        self.fields.iter().find(|(name, _)| same(name.as_bytes(), key)).map(|(_, r)| r)
+    }
+}
+
+impl Rule {
+    fn of(field: &str, ty: &Ty) -> Option<Rule> {
+        let whole = |ty| Some(Rule::Whole { field: field.to_string(), ty });
+        match ty {
+            Ty::Int => whole("an int"),
+            Ty::Timestamp => whole("a timestamp"),
+            Ty::Record(r) => Some(Shape::of(r)).filter(|s| !s.fields.is_empty()).map(Rule::Record),
+            Ty::List(t) => Rule::of(field, t).map(|r| Rule::List(Box::new(r))),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a number converts exactly to a 64-bit integer: an integer literal in range, or a
+/// fraction or exponent form of one (`1.0`, `1e2`).
+fn whole(number: &[u8], integer: bool) -> bool {
+    if integer {
+        return lexical_core::parse::<i64>(number).is_ok();
+    }
+    // 2^63 is exact in f64; anything in [-2^63, 2^63) without a fraction fits.
+    lexical_core::parse::<f64>(number)
+        .is_ok_and(|v| v.fract() == 0.0 && (-9.223_372_036_854_775_808e18..9.223_372_036_854_775_808e18).contains(&v))
 }
 
 /// The keys of the objects being read, to find a repeated one. Objects are checked key by key
@@ -477,6 +568,11 @@ impl Keys {
         }
         self.keys.push(k);
         Ok(())
+    }
+
+    /// The text of the key inserted last.
+    fn last<'s>(&'s self, payload: &'s [u8]) -> &'s [u8] {
+        self.keys.last().map_or(&[], |k| self.text(payload, k))
     }
 
     /// End the object that started at `frame`: check a large one, forget its keys.
@@ -557,7 +653,7 @@ mod tests {
     use super::*;
 
     fn check(s: &[u8]) -> Result<(), Invalid> {
-        check_event(s, &mut Keys::default())
+        check_event(s, &mut Keys::default(), &Shape::default())
     }
 
     fn problem(s: &[u8]) -> (usize, Problem) {
@@ -661,6 +757,51 @@ mod tests {
             assert_eq!(ours, serde, "depth {depth}");
             assert_eq!(ours, depth <= MAX_DEPTH, "depth {depth}");
         }
+    }
+
+    #[test]
+    fn declared_numbers_must_convert_exactly() {
+        use phoenix_dsl::types::RecordField;
+        let f = |name: &str, ty: Ty| RecordField { name: name.into(), ty, optional: true };
+        let line = Record { fields: vec![f("qty", Ty::Int), f("price", Ty::Float)] };
+        let record = Record {
+            fields: vec![
+                f("n", Ty::Int),
+                f("ts", Ty::Timestamp),
+                f("x", Ty::Float),
+                f("lines", Ty::List(Box::new(Ty::Record(std::sync::Arc::new(line))))),
+            ],
+        };
+        let shape = Shape::of(&record);
+        let check = |s: &str| check_event(s.as_bytes(), &mut Keys::default(), &shape);
+        for ok in [
+            r#"{"n":1,"ts":0,"x":1.5}"#,
+            r#"{"n":1.0,"ts":1e3,"x":1e300}"#,
+            r#"{"n":-9223372036854775808,"ts":9223372036854775807}"#,
+            r#"{"n":"1.5","undeclared":1.5,"lines":[{"qty":2,"price":9.99},{"qty":1e1}]}"#,
+            r#"{"lines":{"qty":1.5},"x":{"n":1.5}}"#,
+        ] {
+            assert_eq!(check(ok), Ok(()), "{ok}");
+        }
+        for (bad, at, field, number) in [
+            (r#"{"n":1.5}"#, 5, "n", "1.5"),
+            (r#"{"n":9223372036854775808}"#, 5, "n", "9223372036854775808"),
+            (r#"{"n":9.3e18}"#, 5, "n", "9.3e18"),
+            (r#"{"ts":99999999999999999999}"#, 6, "ts", "99999999999999999999"),
+            (r#"{"ts":1.5}"#, 6, "ts", "1.5"),
+            (r#"{"lines":[{"qty":1},{"qty":0.5}]}"#, 27, "qty", "0.5"),
+        ] {
+            let e = check(bad).expect_err(bad);
+            assert_eq!(e.at, at, "{bad}");
+            assert!(
+                matches!(&e.problem, Problem::NotWhole { field: f, number: n, .. } if f == field && n == number),
+                "{e}"
+            );
+        }
+        assert_eq!(
+            check(r#"{"n":1.5}"#).unwrap_err().to_string(),
+            "at byte 5: `n` is an int, and 1.5 is not a whole number within 64 bits"
+        );
     }
 
     #[test]

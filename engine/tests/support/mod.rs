@@ -4,6 +4,7 @@
 
 pub mod kafka;
 pub mod servers;
+pub mod strict;
 
 use phoenix_dsl::MemoryLoader;
 use phoenix_engine::EngineCatalog;
@@ -163,7 +164,10 @@ pub fn curl(addr: &str, method: &str, path: &str, content_type: Option<&str>, bo
     if body.is_some() {
         c.args(["--data-binary", "@-"]);
     }
-    c.arg(format!("http://{addr}{path}")).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    c.arg(format!("http://{addr}{path}"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let mut child = c.spawn().expect("run /usr/bin/curl");
     if let Some(b) = body {
         child.stdin.take().expect("stdin").write_all(b).expect("write the body to curl");
