@@ -39,12 +39,10 @@ fn fits(line: &[u8], schema: &SchemaRef) -> bool {
 /// be a whole number within 64 bits (arrow-json would truncate `1.5`, saturate `1e20`).
 fn exact(value: &serde_json::Value, ty: &Ty) -> bool {
     use serde_json::Value;
+    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
     match (value, ty) {
         (Value::Number(n), Ty::Int | Ty::Timestamp) => {
-            n.is_i64()
-                || n.as_f64().is_some_and(|v| {
-                    v.fract() == 0.0 && (-9.223372036854775808e18..9.223372036854775808e18).contains(&v) && !n.is_u64()
-                })
+            n.is_i64() || n.as_f64().is_some_and(|v| v.fract() == 0.0 && (-TWO_63..TWO_63).contains(&v) && !n.is_u64())
         }
         (Value::Object(o), Ty::Record(r)) => r.fields.iter().all(|f| o.get(&f.name).is_none_or(|v| exact(v, &f.ty))),
         (Value::Array(a), Ty::List(t)) => a.iter().all(|v| exact(v, t)),

@@ -505,8 +505,8 @@ fn whole(number: &[u8], integer: bool) -> bool {
         return lexical_core::parse::<i64>(number).is_ok();
     }
     // 2^63 is exact in f64; anything in [-2^63, 2^63) without a fraction fits.
-    lexical_core::parse::<f64>(number)
-        .is_ok_and(|v| v.fract() == 0.0 && (-9.223_372_036_854_775_808e18..9.223_372_036_854_775_808e18).contains(&v))
+    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+    lexical_core::parse::<f64>(number).is_ok_and(|v| v.fract() == 0.0 && (-TWO_63..TWO_63).contains(&v))
 }
 
 /// The keys of the objects being read, to find a repeated one. Objects are checked key by key
