@@ -67,7 +67,7 @@ const MISSING_TS: &str = r#"{"id":"m-1","type":"order","amount":5}"#;
 /// The answer to the NDJSON request: which events went to `.errors`, and why.
 const NDJSON_ANSWER: &str = concat!(
     r#"{"accepted":46,"rejected":2,"errors":["#,
-    r#"{"index":20,"error":"invalid JSON at byte 57: the text ends before the object does"},"#,
+    r#"{"index":20,"error":"invalid JSON at byte 56: the text ends before the object does"},"#,
     r#"{"index":30,"error":"missing required field `ts`"}]}"#
 );
 
@@ -166,7 +166,7 @@ fn check_rejected(path: &Path) {
     let (bad, missing) = (one("bad-1"), one("m-1"));
     assert_eq!(bad["payload"], MALFORMED, "{bad}");
     assert!(
-        bad["error"].as_str().is_some_and(|e| e == "invalid JSON at byte 57: the text ends before the object does"),
+        bad["error"].as_str().is_some_and(|e| e == "invalid JSON at byte 56: the text ends before the object does"),
         "{bad}"
     );
     assert_eq!(missing["payload"], MISSING_TS, "{missing}");

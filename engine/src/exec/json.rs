@@ -94,7 +94,7 @@ impl fmt::Display for Problem {
             Problem::TooDeep => write!(f, "nested deeper than {MAX_DEPTH} levels"),
             Problem::DuplicateKey(k) => write!(f, "duplicate key {k:?}"),
             Problem::NotWhole { field, ty, number } => {
-                write!(f, "`{field}` is {ty}, and {number} is not a whole number within 64 bits")
+                write!(f, "`{field}` is {ty}, and {number} is not a whole number that fits in 64 bits")
             }
         }
     }
@@ -800,7 +800,7 @@ mod tests {
         }
         assert_eq!(
             check(r#"{"n":1.5}"#).unwrap_err().to_string(),
-            "at byte 5: `n` is an int, and 1.5 is not a whole number within 64 bits"
+            "at byte 5: `n` is an int, and 1.5 is not a whole number that fits in 64 bits"
         );
     }
 
