@@ -1,8 +1,9 @@
 //! Shared by the connector integration tests: running flows in-process, running the `phoenix`
-//! binary, and starting the real servers (tansu, moto) on 127.0.0.1.
+//! binary, and starting the real servers (tansu, moto, a Kubernetes API server) on 127.0.0.1.
 #![allow(dead_code)]
 
 pub mod kafka;
+pub mod kube;
 pub mod servers;
 pub mod strict;
 
