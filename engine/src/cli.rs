@@ -1,5 +1,7 @@
 //! The `phoenix` command line.
 
+use crate::cluster::bundle::{self, FlowFacts};
+use crate::cluster::crd::PhoenixFlow;
 use crate::observability::logging::{self, LogFormat};
 use crate::observability::metrics::Metrics;
 use crate::observability::progress;
@@ -132,6 +134,21 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         runs: usize,
     },
+    /// Print the PhoenixFlow resource of a flow as YAML (for GitOps or `kubectl apply -f -`);
+    /// `--expand` adds the objects the controller makes of it.
+    Manifests {
+        #[arg(required_unless_present = "crd")]
+        flow: Option<String>,
+        /// Also print the ConfigMap, ServiceAccount, Service, Deployment, PodDisruptionBudget
+        /// and HorizontalPodAutoscaler the controller would create.
+        #[arg(long)]
+        expand: bool,
+        /// Print the PhoenixFlow CustomResourceDefinition instead (`manifests/crd.yaml`).
+        #[arg(long, conflicts_with_all = ["flow", "expand"])]
+        crd: bool,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
     /// List the built-in functions with signatures and examples.
     Functions,
     /// List the connectors with their options.
@@ -140,6 +157,20 @@ enum Command {
         #[arg(long)]
         markdown: bool,
     },
+}
+
+/// Where a flow goes on a cluster, over what its `deploy` block says.
+#[derive(Debug, Clone, clap::Args)]
+struct TargetArgs {
+    /// Name of the PhoenixFlow (default: `deploy { name }`, else the file name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Namespace (default: `deploy { namespace }`, else `default`).
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+    /// `NAME=value` answers an `env("NAME")` of the `deploy` block.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -291,6 +322,27 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
             print!("{}", graph.explain(workers.unwrap_or_else(default_workers), SINK_QUEUE));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Manifests { crd: true, .. } => {
+            print!("{}", crate::cluster::crd::crd_yaml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manifests { flow, expand, target, .. } => {
+            let flow = flow.context("a flow file is needed")?;
+            let Some((c, pf)) = phoenix_flow(&flow, &target, &catalog, color)? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            let mut docs = vec![serde_json::to_value(&pf)?];
+            if expand {
+                let graph = c.flow.as_ref().context("the flow compiled")?;
+                let children = crate::cluster::objects::children(&pf, &FlowFacts::of(graph, &catalog));
+                for note in &children.notes {
+                    eprintln!("note: {note}");
+                }
+                docs.extend(children.to_values());
+            }
+            print!("{}", crate::cluster::yaml::to_yaml_documents(&docs)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Functions => {
             let mut out = std::io::stdout().lock();
             for f in catalog.stdlib().iter() {
@@ -335,6 +387,26 @@ fn compile_for_run(flow: &str, catalog: &EngineCatalog, color: bool) -> Option<(
     }
     let plan = c.plan(catalog)?;
     Some((plan, c.sources))
+}
+
+/// Compile a flow and make its PhoenixFlow, printing diagnostics; `None` if it has errors.
+fn phoenix_flow(
+    flow: &str,
+    target: &TargetArgs,
+    catalog: &EngineCatalog,
+    color: bool,
+) -> anyhow::Result<Option<(phoenix_dsl::Compilation, PhoenixFlow)>> {
+    let c = phoenix_dsl::compile(flow, &FsLoader, catalog);
+    eprint!("{}", c.render(color));
+    if c.has_errors() {
+        let (errors, warnings) = summary(&c.diagnostics);
+        eprintln!("error: could not compile `{flow}`: {}", counts(errors, warnings));
+        return Ok(None);
+    }
+    let files = bundle::flow_files(&c, &std::env::current_dir()?)?;
+    let settings = Settings::parse(&target.set).map_err(anyhow::Error::msg)?;
+    let pf = bundle::phoenix_flow(&c, files, &settings, target.name.as_deref(), target.namespace.as_deref())?;
+    Ok(Some((c, pf)))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
