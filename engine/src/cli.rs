@@ -149,6 +149,36 @@ enum Command {
         #[command(flatten)]
         target: TargetArgs,
     },
+    /// Reconcile PhoenixFlow resources into running flows (installed by `kubectl apply -f
+    /// manifests/`; runs in the cluster, or anywhere with a kubeconfig).
+    Controller {
+        /// Only flows in this namespace (default: every namespace).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Kubeconfig context (default: the current one; in a pod, its service account).
+        #[arg(long)]
+        context: Option<String>,
+        /// Where to serve /health, /ready and /metrics (`off` to disable).
+        #[arg(long, default_value = "127.0.0.1:8080", env = "PHOENIX_CONTROLLER_ADDRESS")]
+        address: String,
+        /// Namespace of the leader-election Lease.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "phoenix-system")]
+        lease_namespace: String,
+        /// This replica's name in the Lease (default: host name and process id).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// Seconds a leader holds the Lease without renewing it.
+        #[arg(long, default_value_t = 15)]
+        lease_seconds: u64,
+        /// Reconcile without leader election (only ever one replica).
+        #[arg(long)]
+        no_leader_election: bool,
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+        /// More logging (-v debug, -vv trace); `RUST_LOG` overrides.
+        #[arg(short, long, action = clap::ArgAction::Count)]
+        verbose: u8,
+    },
     /// List the built-in functions with signatures and examples.
     Functions,
     /// List the connectors with their options.
@@ -341,6 +371,32 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
                 docs.extend(children.to_values());
             }
             print!("{}", crate::cluster::yaml::to_yaml_documents(&docs)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Controller {
+            namespace,
+            context,
+            address,
+            lease_namespace,
+            identity,
+            lease_seconds,
+            no_leader_election,
+            log_format,
+            verbose,
+        } => {
+            logging::init(log_format, verbose);
+            let identity = identity.unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                format!("{}-{}", host.trim(), std::process::id())
+            });
+            let options = crate::cluster::controller::Options {
+                namespace,
+                context,
+                address: (address != "off").then_some(address),
+                election: (!no_leader_election).then_some((lease_namespace, identity)),
+                lease_duration: std::time::Duration::from_secs(lease_seconds.max(3)),
+            };
+            runtime()?.block_on(crate::cluster::controller::serve(options, wait_for_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Functions => {

@@ -8,8 +8,14 @@
 //!   generator reads from the compiled flow.
 //! - [`objects`] — the pure generator of the child objects (ConfigMap, Deployment, ...), used
 //!   alike by `phoenix manifests --expand` and the controller.
+//! - [`controller`] — `phoenix controller`: the reconciler and its status; [`lease`] elects
+//!   one leader among its replicas.
+//! - [`client`] — connecting, and the commands users run against a cluster.
 //! - [`yaml`] — YAML in and out.
 pub mod bundle;
+pub mod client;
+pub mod controller;
 pub mod crd;
+pub mod lease;
 pub mod objects;
 pub mod yaml;
