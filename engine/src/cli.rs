@@ -149,6 +149,52 @@ enum Command {
         #[command(flatten)]
         target: TargetArgs,
     },
+    /// Check a flow and apply it to a Kubernetes cluster as a PhoenixFlow (nothing is sent when
+    /// it has errors).
+    Submit {
+        flow: String,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Kubeconfig context (default: the current one).
+        #[arg(long)]
+        context: Option<String>,
+        /// `client`: print what would be applied; `server`: have the API server validate it
+        /// without storing it.
+        #[arg(long, value_enum)]
+        dry_run: Option<DryRunArg>,
+        /// Follow the flow until the controller reports it Ready; exit 1 if it is Degraded.
+        #[arg(long)]
+        wait: bool,
+        /// How long `--wait` waits.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Show a flow on the cluster: phase, conditions, replicas and pods (every flow's phase
+    /// without NAME).
+    Status {
+        name: Option<String>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// List the flows on the cluster.
+    List {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Every namespace.
+        #[arg(long, short = 'A')]
+        all_namespaces: bool,
+    },
+    /// Delete a flow from the cluster, with everything made of it.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Return once the flow and its objects are gone.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value = "2m", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Reconcile PhoenixFlow resources into running flows (installed by `kubectl apply -f
     /// manifests/`; runs in the cluster, or anywhere with a kubeconfig).
     Controller {
@@ -201,6 +247,35 @@ struct TargetArgs {
     /// `NAME=value` answers an `env("NAME")` of the `deploy` block.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     set: Vec<String>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct ClusterArgs {
+    /// Namespace (default: the kubeconfig context's).
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+    /// Kubeconfig context (default: the current one).
+    #[arg(long)]
+    context: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DryRunArg {
+    Client,
+    Server,
+}
+
+/// `30s`, `5m`, `1h`, or plain seconds.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    match crate::options::parse(text, &phoenix_dsl::catalog::OptionType::Duration)? {
+        phoenix_dsl::plan::graph::OptionValue::Duration(ns) if ns >= 0 => {
+            Ok(std::time::Duration::from_nanos(ns as u64))
+        }
+        _ => Err(format!("`{text}` is not a duration (`30s`, `5m`)")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -373,6 +448,71 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
             print!("{}", crate::cluster::yaml::to_yaml_documents(&docs)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Submit { flow, target, context, dry_run, wait, timeout } => {
+            let Some((c, pf)) = phoenix_flow(&flow, &target, &catalog, color)? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            let graph = c.flow.as_ref().context("the flow compiled")?;
+            for note in crate::cluster::objects::children(&pf, &FlowFacts::of(graph, &catalog)).notes {
+                eprintln!("note: {note}");
+            }
+            if dry_run == Some(DryRunArg::Client) {
+                print!("{}", crate::cluster::yaml::to_yaml_documents(&[serde_json::to_value(&pf)?])?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            runtime()?.block_on(async {
+                use crate::cluster::client;
+                let kube = client::connect(context.as_deref()).await?;
+                let server_dry = (dry_run == Some(DryRunArg::Server)).then_some(client::DryRun::Server);
+                let applied = client::submit(&kube, &pf, server_dry).await?;
+                let ns = applied.metadata.namespace.clone().unwrap_or_default();
+                let name = applied.metadata.name.clone().unwrap_or_default();
+                if server_dry.is_some() {
+                    eprintln!("phoenixflow {ns}/{name} validated by the server (dry run, nothing stored)");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                eprintln!("phoenixflow {ns}/{name} applied (generation {})", applied.metadata.generation.unwrap_or(0));
+                if !wait {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let generation = applied.metadata.generation;
+                match client::wait_ready(&kube, &ns, &name, generation, timeout, |line| eprintln!("  {line}")).await {
+                    Ok(_) => {
+                        eprintln!("phoenixflow {ns}/{name} is Ready");
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        Ok(ExitCode::FAILURE)
+                    }
+                }
+            })
+        }
+        Command::Status { name, cluster } => runtime()?.block_on(async {
+            use crate::cluster::client;
+            let kube = client::connect(cluster.context.as_deref()).await?;
+            let ns = cluster.namespace.unwrap_or_else(|| kube.default_namespace().to_string());
+            match name {
+                Some(name) => print!("{}", client::status(&kube, &ns, &name).await?),
+                None => print!("{}", client::list(&kube, Some(&ns)).await?),
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::List { cluster, all_namespaces } => runtime()?.block_on(async {
+            use crate::cluster::client;
+            let kube = client::connect(cluster.context.as_deref()).await?;
+            let ns = cluster.namespace.unwrap_or_else(|| kube.default_namespace().to_string());
+            print!("{}", client::list(&kube, (!all_namespaces).then_some(ns.as_str())).await?);
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Delete { name, cluster, wait, timeout } => runtime()?.block_on(async {
+            use crate::cluster::client;
+            let kube = client::connect(cluster.context.as_deref()).await?;
+            let ns = cluster.namespace.unwrap_or_else(|| kube.default_namespace().to_string());
+            client::delete(&kube, &ns, &name, wait.then_some(timeout)).await?;
+            eprintln!("phoenixflow {ns}/{name} deleted{}", if wait { " with everything made of it" } else { "" });
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Controller {
             namespace,
             context,

@@ -134,6 +134,8 @@ pub async fn run(
         .for_each(|r| async move {
             match r {
                 Ok((obj, _)) => tracing::debug!(flow = %obj, "reconciled"),
+                // error_policy has logged a failed reconcile already.
+                Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
                 Err(e) => tracing::warn!("{e}"),
             }
         })
@@ -318,7 +320,8 @@ pub fn status(
     };
     let degraded_c = match &degraded {
         Some((reason, message)) => ("True", *reason, message.clone()),
-        None => ("False", "AsExpected", String::new()),
+        // Never empty: 1.20's server-side apply turns "" into null, which the schema refuses.
+        None => ("False", "AsExpected", "no problems".to_string()),
     };
     let now = Timestamp::now().to_string();
     let condition = |type_: &str, (status, reason, message): (&str, &str, String)| {
