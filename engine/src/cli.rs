@@ -133,6 +133,10 @@ enum Command {
         /// (shared machines vary from run to run).
         #[arg(long, default_value_t = 1)]
         runs: usize,
+        /// The file bench's event schema: `flat` (scalars: the one-pass decoder) or `nested`
+        /// (the same plus a record and a list: the validator, then arrow-json).
+        #[arg(long, value_enum, default_value_t = crate::bench::Shape::Flat)]
+        schema: crate::bench::Shape,
     },
     /// Print the PhoenixFlow resource of a flow as YAML (for GitOps or `kubectl apply -f -`);
     /// `--expand` adds the objects the controller makes of it.
@@ -386,7 +390,7 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
             }
             Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
-        Command::Bench { sink, brokers, events, workers, dir, runs } => {
+        Command::Bench { sink, brokers, events, workers, dir, runs, schema } => {
             let (dir, cleanup) = match dir {
                 Some(d) => (d, false),
                 None => (std::env::temp_dir().join(format!("phoenix-bench-{}", std::process::id())), true),
@@ -397,9 +401,9 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
             }
             let workers = workers.unwrap_or_else(default_workers);
             let report = match sink {
-                BenchSink::File => {
-                    runtime()?.block_on(crate::bench::run_bench(&dir, events, workers, runs)).map(|r| r.to_string())
-                }
+                BenchSink::File => runtime()?
+                    .block_on(crate::bench::run_bench(&dir, schema, events, workers, runs))
+                    .map(|r| r.to_string()),
                 BenchSink::Elasticsearch => runtime()?
                     .block_on(crate::bench::elasticsearch::run_bench(&dir, events, workers))
                     .map(|r| r.to_string()),

@@ -336,7 +336,7 @@ fn send<'a>(producer: &ThreadedProducer<Counting>, mut record: BaseRecord<'a, ()
 /// bytes and how many of them the flow's `where` keeps.
 fn fill(brokers: &str, topic: &str, events: u64) -> anyhow::Result<(u64, u64)> {
     let catalog = EngineCatalog::new();
-    let record = crate::bench::flow_record(&catalog);
+    let record = crate::bench::flow_record(&catalog, &crate::bench::Shape::Flat.flow());
     let producer: ThreadedProducer<Counting> =
         producer_config(brokers).create_with_context(Counting::default()).context("creating the Kafka producer")?;
     let counting = producer.context().clone();

@@ -41,11 +41,9 @@ macro_rules! event_schema {
 }
 pub(crate) use event_schema;
 
-/// The benchmark flow. `path` options are set per run.
-pub const FLOW: &str = concat!(
-    "// phoenix bench: file -> where -> select -> route (3 ways) -> files\n",
-    event_schema!(),
-    r#"
+/// The benchmark flow: `$SCHEMA` is the event schema. `path` options are set per run.
+const FLOW: &str = r#"// phoenix bench: file -> where -> select -> route (3 ways) -> files
+$SCHEMA
 source events = file { path = "events.jsonl", format = ndjson } as Event
 sink large = file { path = "large.jsonl", append = false }
 sink medium = file { path = "medium.jsonl", append = false }
@@ -59,8 +57,30 @@ events
       when gross > 300 => medium,
       else => small,
     }
-"#
-);
+"#;
+
+/// The event schema of the file bench.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shape {
+    /// Scalars only: the one-pass decoder's path.
+    Flat,
+    /// The same fields plus a record and a list (the validator, then arrow-json).
+    Nested,
+}
+
+impl Shape {
+    /// The bench flow with this schema.
+    pub fn flow(self) -> String {
+        let schema = match self {
+            Shape::Flat => event_schema!().to_string(),
+            Shape::Nested => event_schema!().replace(
+                "  session: string,\n}",
+                "  session: string,\n  customer: { id: string, tier: string? },\n  tags: list<string>?,\n}",
+            ),
+        };
+        FLOW.replace("$SCHEMA", &schema)
+    }
+}
 
 /// One timed run of the flow over the generated input.
 #[derive(Debug, Clone)]
@@ -73,6 +93,7 @@ pub struct Run {
 
 #[derive(Debug)]
 pub struct Report {
+    pub shape: Shape,
     pub events: u64,
     pub input_bytes: u64,
     /// Events the sinks wrote in the last run (every run writes the same).
@@ -91,6 +112,9 @@ impl Report {
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "phoenix bench: file -> where -> select -> route (3 ways) -> 3 files")?;
+        if self.shape == Shape::Nested {
+            writeln!(f, "schema:        nested (a record and a list beside the scalars)")?;
+        }
         writeln!(f, "machine:       {} cores, {}", cores(), cpu_model())?;
         writeln!(f, "workers:       {}", self.workers)?;
         writeln!(
@@ -150,10 +174,15 @@ fn median(sorted: &[f64]) -> f64 {
     }
 }
 
-/// Write `events` generated events to `path`; returns the bytes written.
+/// Write `events` generated events of the flat bench schema to `path`; returns the bytes
+/// written.
 pub fn generate_input(path: &Path, events: u64, seed: u64) -> std::io::Result<u64> {
+    generate(path, Shape::Flat, events, seed)
+}
+
+fn generate(path: &Path, shape: Shape, events: u64, seed: u64) -> std::io::Result<u64> {
     let catalog = EngineCatalog::new();
-    let record = flow_record(&catalog);
+    let record = flow_record(&catalog, &shape.flow());
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     let mut line = Vec::with_capacity(256);
@@ -172,8 +201,9 @@ pub fn generate_input(path: &Path, events: u64, seed: u64) -> std::io::Result<u6
     Ok(bytes)
 }
 
-pub(crate) fn flow_record(catalog: &EngineCatalog) -> Arc<phoenix_dsl::types::Record> {
-    let loader = MemoryLoader::new([("bench.phx".to_string(), FLOW.as_bytes().to_vec())]);
+/// The record the source of `flow` reads.
+pub(crate) fn flow_record(catalog: &EngineCatalog, flow: &str) -> Arc<phoenix_dsl::types::Record> {
+    let loader = MemoryLoader::new([("bench.phx".to_string(), flow.as_bytes().to_vec())]);
     let c = phoenix_dsl::compile("bench.phx", &loader, catalog);
     let flow = c.flow.expect("the bench flow parses");
     let source = flow.graph.node_indices().next().expect("a source");
@@ -181,15 +211,16 @@ pub(crate) fn flow_record(catalog: &EngineCatalog) -> Arc<phoenix_dsl::types::Re
 }
 
 /// Generate the input in `dir`, run the flow `runs` times over it, report.
-pub async fn run_bench(dir: &Path, events: u64, workers: usize, runs: usize) -> anyhow::Result<Report> {
+pub async fn run_bench(dir: &Path, shape: Shape, events: u64, workers: usize, runs: usize) -> anyhow::Result<Report> {
     let catalog = EngineCatalog::new();
     let input = dir.join("events.jsonl");
-    let input_bytes = generate_input(&input, events, 42)?;
-    let loader = MemoryLoader::new([("bench.phx".to_string(), FLOW.as_bytes().to_vec())]);
+    let input_bytes = generate(&input, shape, events, 42)?;
+    let flow = shape.flow();
+    let loader = MemoryLoader::new([("bench.phx".to_string(), flow.as_bytes().to_vec())]);
     let c = phoenix_dsl::compile("bench.phx", &loader, &catalog);
     anyhow::ensure!(!c.has_errors(), "bench flow: {}", c.render(false));
     let plan = c.plan(&catalog).ok_or_else(|| anyhow::anyhow!("bench flow does not lower"))?;
-    let mut report = Report { events, input_bytes, written: 0, runs: Vec::new(), peak_rss_kib: None, workers };
+    let mut report = Report { shape, events, input_bytes, written: 0, runs: Vec::new(), peak_rss_kib: None, workers };
     for _ in 0..runs.max(1) {
         let metrics = Arc::new(Metrics::new(node_labels(&plan, &c.sources)));
         let graph = TaskGraph::build(&plan, &c.sources, &metrics)?;
@@ -254,19 +285,21 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn bench_runs_and_accounts_for_every_event() {
-        let dir = std::env::temp_dir().join(format!("phoenix-bench-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let report = run_bench(&dir, 20_000, 2, 2).await.unwrap();
-        assert_eq!(report.runs.len(), 2);
-        assert!(report.runs.iter().all(|r| r.written == report.written));
-        assert!(report.to_string().contains("median:"));
-        let lines = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap().lines().count() as u64;
-        let out = lines("large.jsonl") + lines("medium.jsonl") + lines("small.jsonl");
-        assert_eq!(out, report.written);
-        // The filter drops some events and keeps most.
-        assert!(out < 20_000 && out > 15_000, "{out}");
-        let avg = report.input_bytes / report.events;
-        assert!((120..=200).contains(&avg), "events are meant to be ~150 bytes, got {avg}");
-        std::fs::remove_dir_all(&dir).ok();
+        for (shape, sizes) in [(Shape::Flat, 120..=200), (Shape::Nested, 160..=280)] {
+            let dir = std::env::temp_dir().join(format!("phoenix-bench-test-{shape:?}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let report = run_bench(&dir, shape, 20_000, 2, 2).await.unwrap();
+            assert_eq!(report.runs.len(), 2);
+            assert!(report.runs.iter().all(|r| r.written == report.written));
+            assert!(report.to_string().contains("median:"));
+            let lines = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap().lines().count() as u64;
+            let out = lines("large.jsonl") + lines("medium.jsonl") + lines("small.jsonl");
+            assert_eq!(out, report.written);
+            // The filter drops some events and keeps most (every generated event is valid).
+            assert!(out < 20_000 && out > 15_000, "{shape:?}: {out}");
+            let avg = report.input_bytes / report.events;
+            assert!(sizes.contains(&avg), "{shape:?}: events of {avg} bytes");
+            std::fs::remove_dir_all(&dir).ok();
+        }
     }
 }

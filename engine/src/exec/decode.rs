@@ -1,11 +1,15 @@
 //! Raw payloads → Arrow record batches against the declared schema.
 //!
-//! The whole batch is decoded in one pass (arrow-json's decoder). Only when that fails is the
-//! batch bisected to find the bad payloads, so a clean batch costs one decode and a batch with
-//! `k` bad lines about `k·log n` small ones. Bad payloads become dead letters with the reason.
+//! A batch of a flat schema is decoded by the one-pass fast path ([`FlatDecoder`]), which only
+//! accepts valid events. Otherwise every payload is first checked to be a valid event
+//! ([`check_event`]: strict RFC 8259, one pass, nothing built), then the valid ones are decoded
+//! by arrow-json in one pass per run of them. Only when that fails is a run bisected to find the
+//! payloads that do not fit the schema, so a clean batch costs one decode and a batch with `k`
+//! such lines about `k·log n` small ones. Bad payloads become dead letters with the reason.
 
 use super::batch::{DeadLetter, RawBatch};
 use super::flat::FlatDecoder;
+use super::json::{Keys, Shape, check_event};
 use super::pipeline::prune;
 use super::{RAW_COLUMN, runtime_schema};
 use arrow::array::{
@@ -33,6 +37,8 @@ pub struct Decoder {
     record: Arc<Record>,
     /// The one-pass decoder, when every declared field is a scalar.
     flat: Option<FlatDecoder>,
+    /// The declared numbers the validator holds to exact conversion.
+    shape: Shape,
     /// Per column of `schema`: whether the flow reads it. Unread declared fields are still
     /// validated; unread columns travel as `NullArray`s.
     reads: Vec<bool>,
@@ -51,6 +57,7 @@ impl Decoder {
             schema: prune(&full, &reads),
             meta: stream.metadata.fields.iter().map(|f| f.name.clone()).collect(),
             node: node.to_string(),
+            shape: Shape::of(&stream.record),
             record: stream.record.clone(),
             reads,
         }
@@ -89,23 +96,39 @@ impl Decoder {
             return (None, dead);
         }
         if let Some(declared) = self.flat.as_ref().and_then(|f| f.decode((0..n).map(|i| raw.payload(i)))) {
-            return match self.assemble(raw, declared, None) {
-                Ok(b) => (Some(b), dead),
-                Err(e) => {
-                    dead.extend(self.all_dead(raw, &format!("internal: {e}")));
-                    (None, dead)
-                }
-            };
+            return self.finish(raw, declared, None, dead);
         }
-        let mut good: Vec<(Range<usize>, RecordBatch)> = Vec::new();
+        // The general path. First what is not a valid event at all, with where and why
+        // (arrow-json's tape decoder would let some of it through).
+        let mut keys = Keys::default();
         let mut bad: Vec<(usize, String)> = Vec::new();
-        self.bisect(raw, 0..n, &mut good, &mut bad);
-        dead.extend(bad.into_iter().map(|(i, error)| DeadLetter {
-            error,
-            node: self.node.clone(),
-            payload: raw.data.slice(raw.spans[i].clone()),
-            attempts: 1,
-        }));
+        let mut valid: Vec<usize> = Vec::with_capacity(n);
+        for i in 0..n {
+            match check_event(raw.payload(i), &mut keys, &self.shape) {
+                Ok(()) => valid.push(i),
+                Err(e) => bad.push((i, e.to_string())),
+            }
+        }
+        let kept: Vec<u32> = valid.iter().map(|&i| i as u32).collect();
+        // Without the invalid ones, the rest may well suit the fast path after all.
+        if !bad.is_empty()
+            && !valid.is_empty()
+            && let Some(declared) = self.flat.as_ref().and_then(|f| f.decode(valid.iter().map(|&i| raw.payload(i))))
+        {
+            dead.extend(bad.into_iter().map(|(i, error)| self.dead(raw, i, error)));
+            return self.finish(raw, declared, Some(&kept), dead);
+        }
+        // arrow-json decodes runs of valid payloads (a run is contiguous in the buffer) and
+        // finds the ones that do not fit the schema by bisection.
+        let mut good: Vec<(Range<usize>, RecordBatch)> = Vec::new();
+        let mut at = 0;
+        while at < valid.len() {
+            let run = valid[at..].iter().enumerate().take_while(|(k, i)| **i == valid[at] + k).count();
+            self.bisect(raw, valid[at]..valid[at] + run, &mut good, &mut bad);
+            at += run;
+        }
+        bad.sort_unstable_by_key(|(i, _)| *i);
+        dead.extend(bad.into_iter().map(|(i, error)| self.dead(raw, i, error)));
         if good.is_empty() {
             return (None, dead);
         }
@@ -125,7 +148,18 @@ impl Decoder {
                 }
             }
         };
-        match self.assemble(raw, declared, kept.as_deref()) {
+        self.finish(raw, declared, kept.as_deref(), dead)
+    }
+
+    /// The batch of the rows in `kept` (all when `None`), after the dead letters so far.
+    fn finish(
+        &self,
+        raw: &RawBatch,
+        declared: RecordBatch,
+        kept: Option<&[u32]>,
+        mut dead: Vec<DeadLetter>,
+    ) -> (Option<RecordBatch>, Vec<DeadLetter>) {
+        match self.assemble(raw, declared, kept) {
             Ok(b) => (Some(b), dead),
             Err(e) => {
                 dead.extend(self.all_dead(raw, &format!("internal: {e}")));
@@ -134,15 +168,14 @@ impl Decoder {
         }
     }
 
+    /// Event `i` as a dead letter (the source learns why, if it asked to).
+    fn dead(&self, raw: &RawBatch, i: usize, error: String) -> DeadLetter {
+        raw.ack.reject(i, &error);
+        DeadLetter { error, node: self.node.clone(), payload: raw.data.slice(raw.spans[i].clone()), attempts: 1 }
+    }
+
     fn all_dead(&self, raw: &RawBatch, error: &str) -> Vec<DeadLetter> {
-        (0..raw.len())
-            .map(|i| DeadLetter {
-                error: error.to_string(),
-                node: self.node.clone(),
-                payload: raw.data.slice(raw.spans[i].clone()),
-                attempts: 1,
-            })
-            .collect()
+        (0..raw.len()).map(|i| self.dead(raw, i, error.to_string())).collect()
     }
 
     fn bisect(

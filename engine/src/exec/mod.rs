@@ -6,6 +6,7 @@ pub mod batch;
 pub mod decode;
 pub mod encode;
 pub mod flat;
+pub mod json;
 pub mod pipeline;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};

@@ -4,6 +4,7 @@
 
 pub mod kafka;
 pub mod servers;
+pub mod strict;
 
 use phoenix_dsl::MemoryLoader;
 use phoenix_engine::EngineCatalog;
@@ -150,6 +151,33 @@ pub fn wait(mut child: Child, limit: Duration) -> Output {
 pub fn signal(child: &Child, sig: &str) {
     let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().expect("kill").success();
     assert!(ok, "kill {sig}");
+}
+
+/// One request with the real curl, to 127.0.0.1 only (`--noproxy`): status and body.
+pub fn curl(addr: &str, method: &str, path: &str, content_type: Option<&str>, body: Option<&[u8]>) -> (u16, String) {
+    use std::io::Write;
+    let mut c = Command::new("/usr/bin/curl");
+    c.args(["-sS", "--noproxy", "*", "--max-time", "120", "-X", method, "-w", "\n%{http_code}"]);
+    if let Some(t) = content_type {
+        c.args(["-H", &format!("Content-Type: {t}")]);
+    }
+    if body.is_some() {
+        c.args(["--data-binary", "@-"]);
+    }
+    c.arg(format!("http://{addr}{path}"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("run /usr/bin/curl");
+    if let Some(b) = body {
+        child.stdin.take().expect("stdin").write_all(b).expect("write the body to curl");
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("curl");
+    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("utf-8 answer");
+    let (body, status) = text.rsplit_once('\n').expect("curl prints the status last");
+    (status.trim().parse().expect("status code"), body.to_string())
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.

@@ -7,9 +7,9 @@
 //!
 //! | request                                   | response                     |
 //! |-------------------------------------------|------------------------------|
-//! | POST to `path`, every event handled       | 200 `{"accepted": N}`        |
+//! | POST to `path`, every event handled       | 200 (below)                  |
 //! | the flow could not deliver / is stopping  | 503 `{"error": "..."}`       |
-//! | empty body, not UTF-8, broken JSON array  | 400 `{"error": "..."}`       |
+//! | empty body, broken JSON array             | 400 `{"error": "..."}`       |
 //! | another path                              | 404                          |
 //! | another method                            | 405 (`Allow: POST`)          |
 //! | body larger than `max_body`               | 413                          |
@@ -17,14 +17,17 @@
 //! Framing: a `Content-Type` of NDJSON (`application/x-ndjson` and friends) means one event per
 //! line. Otherwise the first non-blank byte decides: `[` is a JSON array whose elements are the
 //! events, `{` is one (possibly pretty-printed) object if the whole body is one JSON value, and
-//! anything else is NDJSON. A line that is not valid JSON is not a bad request: it is an event
-//! the engine's decoder sends to the source's `.errors` port.
+//! anything else is NDJSON. A line that is not a valid event (not JSON, not UTF-8, not fitting
+//! the schema) is not a bad request: the engine's decoder sends it to the source's `.errors`
+//! port, and the 200 says so: `{"accepted": N, "rejected": K, "errors": [{"index": I, "error":
+//! "..."}]}`, where `index` is the event's position in the request from 0 (non-blank line or
+//! array element) and at most 100 errors are listed per batch of `batch_size` events.
 //!
 //! The handlers never hold the [`SourceContext`]: they pass batches to [`Source::run`], which
 //! forwards them. So once `run` returns, nothing can reach the flow through this source.
 
 use crate::connectors::{BoxFuture, ConnectorError, Source, SourceContext, Stopped};
-use crate::exec::ack::Ack;
+use crate::exec::ack::{Ack, AckWaiter, Rejected};
 use crate::exec::batch::RawBatch;
 use crate::options::Options;
 use arrow::array::{ArrayRef, StringArray};
@@ -239,17 +242,40 @@ async fn ingest_request(ingest: &Ingest, remote: SocketAddr, req: Request) -> Re
     let (data, spans) = frame(body, ndjson).map_err(|m| (StatusCode::BAD_REQUEST, m))?;
 
     let remote = remote.to_string();
-    let (ack, waiter) = Ack::new();
+    // One ack per batch, so each refused event's position in the request is known.
+    let mut waiters = Vec::with_capacity(spans.len().div_ceil(ingest.batch_size));
     for chunk in spans.chunks(ingest.batch_size) {
-        if ingest.tx.send(raw_batch(&data, chunk, &remote, ack.clone())).await.is_err() {
+        let (ack, waiter) = Ack::reporting();
+        waiters.push(waiter);
+        if ingest.tx.send(raw_batch(&data, chunk, &remote, ack)).await.is_err() {
             return Err((StatusCode::SERVICE_UNAVAILABLE, STOPPING.into()));
         }
     }
-    drop(ack);
-    match waiter.wait().await {
-        Ok(()) => Ok((StatusCode::OK, Json(serde_json::json!({ "accepted": spans.len() }))).into_response()),
-        Err(reason) => Err((StatusCode::SERVICE_UNAVAILABLE, format!("the events were not delivered: {reason}"))),
+    let mut rejected = Rejected::default();
+    for (n, outcome) in
+        futures::future::join_all(waiters.into_iter().map(AckWaiter::report)).await.into_iter().enumerate()
+    {
+        match outcome {
+            Ok(r) => {
+                for (i, reason) in r.listed {
+                    rejected.add(n * ingest.batch_size + i, &reason);
+                }
+                // Those beyond the batch's list count without a reason.
+                rejected.count += r.count - r.count.min(Rejected::LISTED);
+            }
+            Err(reason) => {
+                return Err((StatusCode::SERVICE_UNAVAILABLE, format!("the events were not delivered: {reason}")));
+            }
+        }
     }
+    let errors: Vec<serde_json::Value> =
+        rejected.listed.iter().map(|(index, error)| serde_json::json!({ "index": index, "error": error })).collect();
+    let answer = serde_json::json!({
+        "accepted": spans.len() - rejected.count,
+        "rejected": rejected.count,
+        "errors": errors,
+    });
+    Ok((StatusCode::OK, Json(answer)).into_response())
 }
 
 fn is_ndjson(headers: &HeaderMap) -> bool {
@@ -264,18 +290,15 @@ fn is_ndjson(headers: &HeaderMap) -> bool {
 /// payloads are separated by whitespace only, as [`RawBatch::data`] requires; NDJSON and a
 /// single object share the body's buffer, array elements are copied out of it.
 fn frame(body: Bytes, ndjson: bool) -> Result<(Bytes, Vec<Range<usize>>), String> {
-    let text = std::str::from_utf8(&body)
-        .map_err(|e| format!("body is not valid UTF-8 (bad byte at offset {})", e.valid_up_to()))?;
-    let bom = if text.starts_with('\u{feff}') { '\u{feff}'.len_utf8() } else { 0 };
+    let bom = if body.starts_with("\u{feff}".as_bytes()) { 3 } else { 0 };
     let all = trim(&body, bom..body.len());
     if all.is_empty() {
         return Err("empty body: expected NDJSON, a JSON array of events or one JSON object".into());
     }
-    // `all` ends on ASCII (whitespace trimmed off, or the body's ends), so it is a char boundary.
-    let content = &text[all.clone()];
-    if !ndjson && content.starts_with('[') {
+    let content = &body[all.clone()];
+    if !ndjson && content.starts_with(b"[") {
         let items: Vec<&RawValue> =
-            serde_json::from_str(content).map_err(|e| format!("body is not a JSON array of events: {e}"))?;
+            serde_json::from_slice(content).map_err(|e| format!("body is not a JSON array of events: {e}"))?;
         let mut data = Vec::with_capacity(content.len());
         let mut spans = Vec::with_capacity(items.len());
         for item in items {
@@ -288,9 +311,11 @@ fn frame(body: Bytes, ndjson: bool) -> Result<(Bytes, Vec<Range<usize>>), String
     }
     // One object, perhaps spread over several lines; on failure (several lines of NDJSON)
     // this stops at the end of the first value.
-    if !ndjson && content.starts_with('{') && serde_json::from_str::<&RawValue>(content).is_ok() {
+    if !ndjson && content.starts_with(b"{") && serde_json::from_slice::<&RawValue>(content).is_ok() {
         return Ok((body, vec![all]));
     }
+    // NDJSON: each line is an event, valid or not (the decoder says which and why), so a line
+    // that is not UTF-8 is a dead letter, not a reason to refuse the others.
     let spans = lines(&body, all);
     Ok((body, spans))
 }
@@ -461,7 +486,7 @@ mod tests {
         let mut seen = consume(rx, None);
         let body = b"{\"a\":1}\n\n{\"b\":2}\r\n  {\"c\":3}  \n";
         let (status, text) = post(r.addr, body).await;
-        assert_eq!((status, text.as_str()), (200, r#"{"accepted":3}"#));
+        assert_eq!((status, text.as_str()), (200, r#"{"accepted":3,"rejected":0,"errors":[]}"#));
         let got = seen.recv().await.unwrap();
         assert_eq!(got.payloads, [r#"{"a":1}"#, r#"{"b":2}"#, r#"{"c":3}"#]);
         assert_eq!(got.remote.len(), 3);
@@ -474,7 +499,7 @@ mod tests {
         let (r, rx) = start(&[]);
         let mut seen = consume(rx, None);
         let (status, text) = post(r.addr, b"{\"a\":1}\nnot json\n").await;
-        assert_eq!((status, text.as_str()), (200, r#"{"accepted":2}"#));
+        assert_eq!((status, text.as_str()), (200, r#"{"accepted":2,"rejected":0,"errors":[]}"#));
         assert_eq!(seen.recv().await.unwrap().payloads, [r#"{"a":1}"#, "not json"]);
         stop(r).await;
     }
@@ -484,10 +509,10 @@ mod tests {
         let (r, rx) = start(&[]);
         let mut seen = consume(rx, None);
         let (status, text) = post(r.addr, b" [ {\"a\": 1},\n {\"b\": [2, 3]} ] ").await;
-        assert_eq!((status, text.as_str()), (200, r#"{"accepted":2}"#));
+        assert_eq!((status, text.as_str()), (200, r#"{"accepted":2,"rejected":0,"errors":[]}"#));
         assert_eq!(seen.recv().await.unwrap().payloads, [r#"{"a": 1}"#, r#"{"b": [2, 3]}"#]);
         // An empty array is fine: nothing to wait for.
-        assert_eq!(post(r.addr, b"[]").await, (200, r#"{"accepted":0}"#.into()));
+        assert_eq!(post(r.addr, b"[]").await, (200, r#"{"accepted":0,"rejected":0,"errors":[]}"#.into()));
         stop(r).await;
     }
 
@@ -496,7 +521,7 @@ mod tests {
         let (r, rx) = start(&[]);
         let mut seen = consume(rx, None);
         let (status, text) = post(r.addr, b"\xef\xbb\xbf{\n  \"a\": 1,\n  \"b\": \"x\"\n}\n").await;
-        assert_eq!((status, text.as_str()), (200, r#"{"accepted":1}"#));
+        assert_eq!((status, text.as_str()), (200, r#"{"accepted":1,"rejected":0,"errors":[]}"#));
         assert_eq!(seen.recv().await.unwrap().payloads, ["{\n  \"a\": 1,\n  \"b\": \"x\"\n}"]);
         stop(r).await;
     }
@@ -507,7 +532,7 @@ mod tests {
         let mut seen = consume(rx, None);
         let (status, _, text) =
             within(request(r.addr, "POST", "/", Some("application/x-ndjson; charset=utf-8"), b"[1]\n[2]\n")).await;
-        assert_eq!((status, text.as_str()), (200, r#"{"accepted":2}"#));
+        assert_eq!((status, text.as_str()), (200, r#"{"accepted":2,"rejected":0,"errors":[]}"#));
         assert_eq!(seen.recv().await.unwrap().payloads, ["[1]", "[2]"]);
         stop(r).await;
     }
@@ -521,7 +546,8 @@ mod tests {
             (b" \n\r\n ", "empty body"),
             (b"[{\"a\":1}, {\"b\":", "not a JSON array"),
             (b"[{\"a\":1}]\n[{\"b\":2}]", "not a JSON array"),
-            (b"{\"a\":\"\xff\"}", "not valid UTF-8"),
+            // An array is parsed whole; a line that is not UTF-8 is only a bad event (below).
+            (b"[{\"a\":\"\xff\"}]", "not a JSON array"),
         ] {
             let (status, text) = post(r.addr, body).await;
             assert_eq!(status, 400, "{text}");
@@ -570,7 +596,7 @@ mod tests {
         assert_eq!(status, 405, "{text}");
         assert!(head.to_ascii_lowercase().contains("allow: post"), "{head}");
         let (status, _, text) = within(request(r.addr, "POST", "/events?x=1", None, b"{}")).await;
-        assert_eq!((status, text.as_str()), (200, r#"{"accepted":1}"#));
+        assert_eq!((status, text.as_str()), (200, r#"{"accepted":1,"rejected":0,"errors":[]}"#));
         assert_eq!(seen.recv().await.unwrap().payloads, ["{}"]);
         stop(r).await;
     }
@@ -613,7 +639,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!req.is_finished());
         drop(held);
-        assert_eq!(within(req).await.unwrap(), (200, r#"{"accepted":5}"#.into()));
+        assert_eq!(within(req).await.unwrap(), (200, r#"{"accepted":5,"rejected":0,"errors":[]}"#.into()));
         stop(r).await;
     }
 
@@ -628,7 +654,7 @@ mod tests {
         assert!(!r.task.is_finished());
         assert!(TcpStream::connect(addr).await.is_err(), "still accepting after stop");
         drop(batch);
-        assert_eq!(within(req).await.unwrap(), (200, r#"{"accepted":1}"#.into()));
+        assert_eq!(within(req).await.unwrap(), (200, r#"{"accepted":1,"rejected":0,"errors":[]}"#.into()));
         within(r.task).await.unwrap().unwrap();
         // The source no longer holds the flow's queue.
         assert!(within(rx.recv()).await.is_none());
