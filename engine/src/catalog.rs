@@ -55,9 +55,16 @@ impl Catalog for EngineCatalog {
     }
 }
 
-/// Options of the `deploy { }` block, read by `phoenix manifests` and `phoenix submit`.
+/// Options of the `deploy { }` block, read by `phoenix manifests` and `phoenix submit` (which
+/// turn them into a `PhoenixFlow`'s spec, see `cluster::bundle`).
 pub fn deploy_options() -> Vec<OptionSpec> {
+    use crate::cluster::crd::{DEFAULT_CPU, DEFAULT_IMAGE, DEFAULT_MEMORY};
     vec![
+        OptionSpec::new(
+            "name",
+            OptionType::String,
+            "Name of the PhoenixFlow and its objects (default: the file name without `.phx`).",
+        ),
         OptionSpec::new(
             "replicas",
             OptionType::Int,
@@ -67,10 +74,16 @@ pub fn deploy_options() -> Vec<OptionSpec> {
         OptionSpec::new("min_replicas", OptionType::Int, "With `max_replicas`: scale with CPU between these bounds."),
         OptionSpec::new("max_replicas", OptionType::Int, "Upper bound for autoscaling."),
         OptionSpec::new("target_cpu", OptionType::Int, "Autoscaling target CPU utilisation, percent.").default("70"),
-        OptionSpec::new("cpu", OptionType::String, "CPU request and limit per pod (`500m`).").default("500m"),
-        OptionSpec::new("memory", OptionType::String, "Memory request and limit per pod (`512Mi`).").default("512Mi"),
-        OptionSpec::new("image", OptionType::String, "Container image running `phoenix`.").default("phoenix:latest"),
+        OptionSpec::new("cpu", OptionType::String, "CPU request and limit per pod (`500m`).").default(DEFAULT_CPU),
+        OptionSpec::new("memory", OptionType::String, "Memory request and limit per pod (`512Mi`).")
+            .default(DEFAULT_MEMORY),
+        OptionSpec::new("image", OptionType::String, "Container image running `phoenix`.").default(DEFAULT_IMAGE),
         OptionSpec::new("namespace", OptionType::String, "Kubernetes namespace.").default("default"),
-        OptionSpec::new("port", OptionType::Int, "Port of /health and /metrics.").default("9898"),
+        OptionSpec::new("port", OptionType::Int, "Port of /health, /ready and /metrics.").default("9898"),
+        OptionSpec::new(
+            "secret",
+            OptionType::String,
+            "Secret holding the flow's `env()` values, one key per name, given to the pods.",
+        ),
     ]
 }

@@ -1,5 +1,7 @@
 //! The `phoenix` command line.
 
+use crate::cluster::bundle::{self, FlowFacts};
+use crate::cluster::crd::PhoenixFlow;
 use crate::observability::logging::{self, LogFormat};
 use crate::observability::metrics::Metrics;
 use crate::observability::progress;
@@ -136,6 +138,97 @@ enum Command {
         #[arg(long, value_enum, default_value_t = crate::bench::Shape::Flat)]
         schema: crate::bench::Shape,
     },
+    /// Print the PhoenixFlow resource of a flow as YAML (for GitOps or `kubectl apply -f -`);
+    /// `--expand` adds the objects the controller makes of it.
+    Manifests {
+        #[arg(required_unless_present = "crd")]
+        flow: Option<String>,
+        /// Also print the ConfigMap, ServiceAccount, Service, Deployment, PodDisruptionBudget
+        /// and HorizontalPodAutoscaler the controller would create.
+        #[arg(long)]
+        expand: bool,
+        /// Print the PhoenixFlow CustomResourceDefinition instead (`manifests/crd.yaml`).
+        #[arg(long, conflicts_with_all = ["flow", "expand"])]
+        crd: bool,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Check a flow and apply it to a Kubernetes cluster as a PhoenixFlow (nothing is sent when
+    /// it has errors).
+    Submit {
+        flow: String,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Kubeconfig context (default: the current one).
+        #[arg(long)]
+        context: Option<String>,
+        /// `client`: print what would be applied; `server`: have the API server validate it
+        /// without storing it.
+        #[arg(long, value_enum)]
+        dry_run: Option<DryRunArg>,
+        /// Follow the flow until the controller reports it Ready; exit 1 if it is Degraded.
+        #[arg(long)]
+        wait: bool,
+        /// How long `--wait` waits.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Show a flow on the cluster: phase, conditions, replicas and pods (every flow's phase
+    /// without NAME).
+    Status {
+        name: Option<String>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// List the flows on the cluster.
+    List {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Every namespace.
+        #[arg(long, short = 'A')]
+        all_namespaces: bool,
+    },
+    /// Delete a flow from the cluster, with everything made of it.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Return once the flow and its objects are gone.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value = "2m", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Reconcile PhoenixFlow resources into running flows (installed by `kubectl apply -f
+    /// manifests/`; runs in the cluster, or anywhere with a kubeconfig).
+    Controller {
+        /// Only flows in this namespace (default: every namespace).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Kubeconfig context (default: the current one; in a pod, its service account).
+        #[arg(long)]
+        context: Option<String>,
+        /// Where to serve /health, /ready and /metrics (`off` to disable).
+        #[arg(long, default_value = "127.0.0.1:8080", env = "PHOENIX_CONTROLLER_ADDRESS")]
+        address: String,
+        /// Namespace of the leader-election Lease.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "phoenix-system")]
+        lease_namespace: String,
+        /// This replica's name in the Lease (default: host name and process id).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// Seconds a leader holds the Lease without renewing it.
+        #[arg(long, default_value_t = 15)]
+        lease_seconds: u64,
+        /// Reconcile without leader election (only ever one replica).
+        #[arg(long)]
+        no_leader_election: bool,
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+        /// More logging (-v debug, -vv trace); `RUST_LOG` overrides.
+        #[arg(short, long, action = clap::ArgAction::Count)]
+        verbose: u8,
+    },
     /// List the built-in functions with signatures and examples.
     Functions,
     /// List the connectors with their options.
@@ -144,6 +237,49 @@ enum Command {
         #[arg(long)]
         markdown: bool,
     },
+}
+
+/// Where a flow goes on a cluster, over what its `deploy` block says.
+#[derive(Debug, Clone, clap::Args)]
+struct TargetArgs {
+    /// Name of the PhoenixFlow (default: `deploy { name }`, else the file name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Namespace (default: `deploy { namespace }`, else `default`).
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+    /// `NAME=value` answers an `env("NAME")` of the `deploy` block.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct ClusterArgs {
+    /// Namespace (default: the kubeconfig context's).
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+    /// Kubeconfig context (default: the current one).
+    #[arg(long)]
+    context: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DryRunArg {
+    Client,
+    Server,
+}
+
+/// `30s`, `5m`, `1h`, or plain seconds.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    match crate::options::parse(text, &phoenix_dsl::catalog::OptionType::Duration)? {
+        phoenix_dsl::plan::graph::OptionValue::Duration(ns) if ns >= 0 => {
+            Ok(std::time::Duration::from_nanos(ns as u64))
+        }
+        _ => Err(format!("`{text}` is not a duration (`30s`, `5m`)")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -295,6 +431,118 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
             print!("{}", graph.explain(workers.unwrap_or_else(default_workers), SINK_QUEUE));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Manifests { crd: true, .. } => {
+            print!("{}", crate::cluster::crd::crd_yaml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manifests { flow, expand, target, .. } => {
+            let flow = flow.context("a flow file is needed")?;
+            let Some((c, pf)) = phoenix_flow(&flow, &target, &catalog, color)? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            let mut docs = vec![serde_json::to_value(&pf)?];
+            if expand {
+                let graph = c.flow.as_ref().context("the flow compiled")?;
+                let children = crate::cluster::objects::children(&pf, &FlowFacts::of(graph, &catalog));
+                for note in &children.notes {
+                    eprintln!("note: {note}");
+                }
+                docs.extend(children.to_values());
+            }
+            print!("{}", crate::cluster::yaml::to_yaml_documents(&docs)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Submit { flow, target, context, dry_run, wait, timeout } => {
+            let Some((c, pf)) = phoenix_flow(&flow, &target, &catalog, color)? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            let graph = c.flow.as_ref().context("the flow compiled")?;
+            for note in crate::cluster::objects::children(&pf, &FlowFacts::of(graph, &catalog)).notes {
+                eprintln!("note: {note}");
+            }
+            if dry_run == Some(DryRunArg::Client) {
+                print!("{}", crate::cluster::yaml::to_yaml_documents(&[serde_json::to_value(&pf)?])?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            runtime()?.block_on(async {
+                use crate::cluster::client;
+                let kube = client::connect(context.as_deref()).await?;
+                let server_dry = (dry_run == Some(DryRunArg::Server)).then_some(client::DryRun::Server);
+                let applied = client::submit(&kube, &pf, server_dry).await?;
+                let ns = applied.metadata.namespace.clone().unwrap_or_default();
+                let name = applied.metadata.name.clone().unwrap_or_default();
+                if server_dry.is_some() {
+                    eprintln!("phoenixflow {ns}/{name} validated by the server (dry run, nothing stored)");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                eprintln!("phoenixflow {ns}/{name} applied (generation {})", applied.metadata.generation.unwrap_or(0));
+                if !wait {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let generation = applied.metadata.generation;
+                match client::wait_ready(&kube, &ns, &name, generation, timeout, |line| eprintln!("  {line}")).await {
+                    Ok(_) => {
+                        eprintln!("phoenixflow {ns}/{name} is Ready");
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        Ok(ExitCode::FAILURE)
+                    }
+                }
+            })
+        }
+        Command::Status { name, cluster } => runtime()?.block_on(async {
+            use crate::cluster::client;
+            let kube = client::connect(cluster.context.as_deref()).await?;
+            let ns = cluster.namespace.unwrap_or_else(|| kube.default_namespace().to_string());
+            match name {
+                Some(name) => print!("{}", client::status(&kube, &ns, &name).await?),
+                None => print!("{}", client::list(&kube, Some(&ns)).await?),
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::List { cluster, all_namespaces } => runtime()?.block_on(async {
+            use crate::cluster::client;
+            let kube = client::connect(cluster.context.as_deref()).await?;
+            let ns = cluster.namespace.unwrap_or_else(|| kube.default_namespace().to_string());
+            print!("{}", client::list(&kube, (!all_namespaces).then_some(ns.as_str())).await?);
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Delete { name, cluster, wait, timeout } => runtime()?.block_on(async {
+            use crate::cluster::client;
+            let kube = client::connect(cluster.context.as_deref()).await?;
+            let ns = cluster.namespace.unwrap_or_else(|| kube.default_namespace().to_string());
+            client::delete(&kube, &ns, &name, wait.then_some(timeout)).await?;
+            eprintln!("phoenixflow {ns}/{name} deleted{}", if wait { " with everything made of it" } else { "" });
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Controller {
+            namespace,
+            context,
+            address,
+            lease_namespace,
+            identity,
+            lease_seconds,
+            no_leader_election,
+            log_format,
+            verbose,
+        } => {
+            logging::init(log_format, verbose);
+            let identity = identity.unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                format!("{}-{}", host.trim(), std::process::id())
+            });
+            let options = crate::cluster::controller::Options {
+                namespace,
+                context,
+                address: (address != "off").then_some(address),
+                election: (!no_leader_election).then_some((lease_namespace, identity)),
+                lease_duration: std::time::Duration::from_secs(lease_seconds.max(3)),
+            };
+            runtime()?.block_on(crate::cluster::controller::serve(options, wait_for_signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Functions => {
             let mut out = std::io::stdout().lock();
             for f in catalog.stdlib().iter() {
@@ -339,6 +587,26 @@ fn compile_for_run(flow: &str, catalog: &EngineCatalog, color: bool) -> Option<(
     }
     let plan = c.plan(catalog)?;
     Some((plan, c.sources))
+}
+
+/// Compile a flow and make its PhoenixFlow, printing diagnostics; `None` if it has errors.
+fn phoenix_flow(
+    flow: &str,
+    target: &TargetArgs,
+    catalog: &EngineCatalog,
+    color: bool,
+) -> anyhow::Result<Option<(phoenix_dsl::Compilation, PhoenixFlow)>> {
+    let c = phoenix_dsl::compile(flow, &FsLoader, catalog);
+    eprint!("{}", c.render(color));
+    if c.has_errors() {
+        let (errors, warnings) = summary(&c.diagnostics);
+        eprintln!("error: could not compile `{flow}`: {}", counts(errors, warnings));
+        return Ok(None);
+    }
+    let files = bundle::flow_files(&c, &std::env::current_dir()?)?;
+    let settings = Settings::parse(&target.set).map_err(anyhow::Error::msg)?;
+    let pf = bundle::phoenix_flow(&c, files, &settings, target.name.as_deref(), target.namespace.as_deref())?;
+    Ok(Some((c, pf)))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod catalog;
 pub mod cli;
+pub mod cluster;
 pub mod connectors;
 pub mod docs;
 pub mod exec;

@@ -26,7 +26,7 @@ impl Loader for FsLoader {
 }
 
 /// `a/./b/../c.phx` → `a/c.phx`, without touching the file system (keeps names readable).
-fn normalize(p: &Path) -> String {
+pub(crate) fn normalize(p: &Path) -> String {
     let mut out = PathBuf::new();
     for c in p.components() {
         match c {

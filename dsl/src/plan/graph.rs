@@ -144,6 +144,24 @@ impl fmt::Display for OptionValue {
     }
 }
 
+impl OptionValue {
+    /// Add the `env()` names this value reads to `out` (name → has a default).
+    fn env_vars(&self, out: &mut std::collections::BTreeMap<String, bool>) {
+        match self {
+            OptionValue::Env { name, default } => {
+                let has_default = default.is_some();
+                out.entry(name.clone()).and_modify(|d| *d &= has_default).or_insert(has_default);
+                if let Some(d) = default {
+                    d.env_vars(out);
+                }
+            }
+            OptionValue::Secret(inner) => inner.env_vars(out),
+            OptionValue::List(items) => items.iter().for_each(|i| i.env_vars(out)),
+            _ => {}
+        }
+    }
+}
+
 /// `1500000000` → `1500ms`: the largest unit that divides exactly.
 pub fn format_duration(ns: i64) -> String {
     const UNITS: &[(i64, &str)] = &[
@@ -189,6 +207,21 @@ impl<E> Node<E> {
 }
 
 impl<E> FlowGraph<E> {
+    /// Every `env("NAME")` the flow's sources and sinks read, by name, with whether each read
+    /// has a default (`false` if any read of the name lacks one). What a deployment must supply
+    /// (the `deploy` block's own `env()`s are resolved where it is read, so they are left out).
+    pub fn env_vars(&self) -> std::collections::BTreeMap<String, bool> {
+        let mut out = std::collections::BTreeMap::new();
+        for n in self.graph.node_weights() {
+            if let NodeKind::Source { options, .. } | NodeKind::Sink { options, .. } = &n.kind {
+                for (_, v) in options {
+                    v.env_vars(&mut out);
+                }
+            }
+        }
+        out
+    }
+
     /// Map every expression, keeping the shape (used to lower typed expressions).
     pub fn try_map_exprs<F, T, Err>(self, mut f: F) -> Result<FlowGraph<T>, Err>
     where

@@ -3,6 +3,8 @@
 //! ```text
 //! GET /health   200 {"status":"ok","uptime_s":42}   while running
 //!               503 {"status":"stopping"}           once the flow drains
+//! GET /ready    200 {"status":"ready"}              while running (a Kubernetes readiness probe)
+//!               503 {"status":"stopping"}           once the flow drains
 //! GET /metrics  the per-node counters, OpenMetrics text
 //! GET /         the list of endpoints
 //! ```
@@ -126,13 +128,15 @@ fn router(metrics: Arc<Metrics>, health: Health) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/health", get(health_check))
+        // Not yet "every source and sink connected" (issue 12): only the draining half.
+        .route("/ready", get(ready_check))
         .route("/metrics", get(prometheus))
         .fallback(not_found)
         .with_state(AppState { metrics, health })
 }
 
 async fn index() -> &'static str {
-    "phoenix\n\nGET /health   200 while running, 503 while stopping\nGET /metrics  per-node counters (Prometheus / OpenMetrics text)\n"
+    "phoenix\n\nGET /health   200 while running, 503 while stopping\nGET /ready    200 while running, 503 while stopping\nGET /metrics  per-node counters (Prometheus / OpenMetrics text)\n"
 }
 
 async fn health_check(State(s): State<AppState>) -> Response {
@@ -140,6 +144,14 @@ async fn health_check(State(s): State<AppState>) -> Response {
         (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "stopping"}))).into_response()
     } else {
         Json(json!({"status": "ok", "uptime_s": s.metrics.started.elapsed().as_secs()})).into_response()
+    }
+}
+
+async fn ready_check(State(s): State<AppState>) -> Response {
+    if s.health.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "stopping"}))).into_response()
+    } else {
+        Json(json!({"status": "ready"})).into_response()
     }
 }
 
@@ -220,6 +232,16 @@ mod tests {
         let draining = get(r.addr, "/health").await;
         assert_eq!(draining.status, 503);
         assert_eq!(draining.body, r#"{"status":"stopping"}"#);
+        finish(r).await;
+    }
+
+    #[tokio::test]
+    async fn ready_until_draining() {
+        let r = start().await;
+        let ok = get(r.addr, "/ready").await;
+        assert_eq!((ok.status, ok.body.as_str()), (200, r#"{"status":"ready"}"#));
+        r.health.set_draining();
+        assert_eq!(get(r.addr, "/ready").await.status, 503);
         finish(r).await;
     }
 
