@@ -183,7 +183,8 @@ impl FlatDecoder {
             }
         }
         r.ws();
-        if r.end().is_err() || seen & self.required != self.required {
+        // `close` checks the undeclared keys of a large object (small ones were checked above).
+        if r.end().is_err() || seen & self.required != self.required || keys.close(p, 0).is_err() {
             return None;
         }
         let mut missing = !seen & self.all;
@@ -676,6 +677,9 @@ mod tests {
             r#"{"id":1,"x":"\udc00"}"#,
             r#"{"id":1,"x":1 "y":2}"#,
             r#"{"id":1,,"x":2}"#,
+            // A repeat among many undeclared keys, past those checked one by one.
+            r#"{"id":1,"a":1,"b":1,"c":1,"d":1,"e":1,"f":1,"g":1,"h":1,"i":1,"j":1,"k":1,"l":1,"m":1,"n":1,"o":1,"p":1,"q":1,"a":2}"#,
+            r#"{"id":1,"a":1,"b":1,"c":1,"d":1,"e":1,"f":1,"g":1,"h":1,"i":1,"j":1,"k":1,"l":1,"m":1,"n":1,"o":1,"p":1,"q":1,"r":2}"#,
         ];
         let bytes: [&[u8]; 4] = [
             b"{\"id\":1,\"name\":\"\xff\"}",
