@@ -116,6 +116,10 @@ fn extras(rng: &mut fastrand::Rng, out: &mut Vec<String>) {
             out.push(p);
         }
     }
+    // Now and then many keys: repeats past the first 16 are found another way.
+    if rng.u8(..8) == 0 {
+        out.extend((0..20).map(|i| format!(r#""k{i}":{i}"#)));
+    }
 }
 
 fn flat_event(rng: &mut fastrand::Rng) -> Vec<u8> {
