@@ -292,17 +292,24 @@ impl<'a> Cursor<'a> {
         self.i += 1;
         let start = self.i;
         let mut escaped = false;
-        let mut ascii = true;
+        // The high bits of every byte passed: any set means the text is not ASCII.
+        let mut high = 0u64;
         loop {
-            // Eight bytes at a time while none of them is special.
+            // Eight bytes at a time, straight to the first special one.
             while let Some(chunk) = self.b.get(self.i..self.i + 8) {
                 let w = word(chunk);
-                if special(w) {
-                    break;
+                let m = special_mask(w);
+                if m == 0 {
+                    high |= w;
+                    self.i += 8;
+                    continue;
                 }
-                ascii &= w & HIGH == 0;
-                self.i += 8;
+                let k = (m.trailing_zeros() / 8) as usize;
+                high |= w & ((1u64 << (8 * k)) - 1);
+                self.i += k;
+                break;
             }
+            // A special byte, or one of the last seven of the payload.
             match self.peek() {
                 Some(b'"') => break,
                 Some(b'\\') => {
@@ -311,7 +318,7 @@ impl<'a> Cursor<'a> {
                 }
                 Some(c @ 0..=0x1f) => return self.fail(self.i, Problem::ControlCharacter(c)),
                 Some(c) => {
-                    ascii &= c < 0x80;
+                    high |= u64::from(c);
                     self.i += 1;
                 }
                 None => return self.fail(self.b.len(), Problem::End),
@@ -320,7 +327,7 @@ impl<'a> Cursor<'a> {
         let text = &self.b[start..self.i];
         self.i += 1;
         if utf8
-            && !ascii
+            && high & HIGH != 0
             && let Err(e) = std::str::from_utf8(text)
         {
             return self.fail(start + e.valid_up_to(), Problem::BadUtf8);
@@ -521,6 +528,10 @@ pub struct Keys {
 
 #[derive(Debug, Clone, Copy)]
 struct Key {
+    /// The key's first eight bytes (zero-padded) and its length: most keys differ there, so
+    /// comparing two is two word compares.
+    head: u64,
+    len: usize,
     /// Offset of the key's opening quote in the payload.
     at: usize,
     /// The key's text: in the payload, or in `unescaped`.
@@ -555,14 +566,23 @@ impl Keys {
             let text = serde_json::from_slice::<String>(&payload[at..at + key.text.len() + 2]).unwrap_or_default();
             let start = self.unescaped.len();
             self.unescaped.extend_from_slice(text.as_bytes());
-            Key { at, range: (start, self.unescaped.len()), in_unescaped: true }
+            Key {
+                head: head(text.as_bytes()),
+                len: text.len(),
+                at,
+                range: (start, self.unescaped.len()),
+                in_unescaped: true,
+            }
         } else {
-            Key { at, range: (at + 1, at + 1 + key.text.len()), in_unescaped: false }
+            let text = key.text;
+            Key { head: head(text), len: text.len(), at, range: (at + 1, at + 1 + text.len()), in_unescaped: false }
         };
         let count = self.keys.len() - frame;
         if count < LINEAR {
             let text = self.text(payload, &k);
-            if self.keys[frame..].iter().any(|o| same(self.text(payload, o), text)) {
+            let repeat =
+                |o: &Key| o.head == k.head && o.len == k.len && (k.len <= 8 || same(self.text(payload, o), text));
+            if self.keys[frame..].iter().any(repeat) {
                 return Err(duplicate(at, text));
             }
         }
@@ -592,6 +612,19 @@ impl Keys {
         }
         self.keys.truncate(frame);
         Ok(())
+    }
+}
+
+/// The first eight bytes of `text`, zero-padded, as a word.
+#[inline]
+fn head(text: &[u8]) -> u64 {
+    match text.get(..8) {
+        Some(w) => word(w),
+        None => {
+            let mut w = [0u8; 8];
+            w[..text.len()].copy_from_slice(text);
+            u64::from_le_bytes(w)
+        }
     }
 }
 
@@ -631,15 +664,22 @@ pub fn word(s: &[u8]) -> u64 {
     u64::from_le_bytes(s.get(..8).and_then(|w| w.try_into().ok()).unwrap_or([0; 8]))
 }
 
-/// Whether any byte of `w` is `"`, `\` or a control character. Exact: the borrows of the
-/// zero-byte test only reach bytes above one that really matched.
+/// The bytes of `w` that are `"`, `\` or a control character, as their high bits. The lowest
+/// one set is exact (a borrow of the zero-byte test only reaches bytes above one that really
+/// matched), so `trailing_zeros() / 8` is the first special byte.
 #[inline]
-pub fn special(w: u64) -> bool {
+pub fn special_mask(w: u64) -> u64 {
     let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
     let quote = zero_byte(w ^ (ONES * u64::from(b'"')));
     let backslash = zero_byte(w ^ (ONES * u64::from(b'\\')));
     let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
-    (quote | backslash | control) != 0
+    quote | backslash | control
+}
+
+/// Whether any byte of `w` is `"`, `\` or a control character.
+#[inline]
+pub fn special(w: u64) -> bool {
+    special_mask(w) != 0
 }
 
 /// [`special`], or any byte is not ASCII.
@@ -802,6 +842,30 @@ mod tests {
             check(r#"{"n":1.5}"#).unwrap_err().to_string(),
             "at byte 5: `n` is an int, and 1.5 is not a whole number that fits in 64 bits"
         );
+    }
+
+    #[test]
+    fn special_mask_points_at_the_first_special_byte() {
+        let mut rng = fastrand::Rng::with_seed(8);
+        for _ in 0..20_000 {
+            let mut w: [u8; 8] = std::array::from_fn(|_| rng.u8(0x20..=0xff));
+            for b in &mut w {
+                if *b == b'"' || *b == b'\\' {
+                    *b = b'a';
+                }
+            }
+            let first = rng.usize(..8);
+            w[first] = [b'"', b'\\', 0, 0x1f, b'\n'][rng.usize(..5)];
+            // More special bytes above the first one may follow.
+            for k in first + 1..8 {
+                if rng.u8(..4) == 0 {
+                    w[k] = [b'"', b'\\', 0, 0x01][rng.usize(..4)];
+                }
+            }
+            let m = special_mask(u64::from_le_bytes(w));
+            assert_eq!((m.trailing_zeros() / 8) as usize, first, "{w:?}");
+        }
+        assert_eq!(special_mask(u64::from_le_bytes(*b"plain \x7f\xff")), 0);
     }
 
     #[test]
