@@ -14,7 +14,7 @@
 //! byte for byte as arrow-json's writer would (explicit nulls, `lexical` numbers, RFC 3339
 //! timestamps with `Z`) but without its per-value formatting machinery.
 
-use super::json::{Cursor, Keys, Problem, needs_look, same, word};
+use super::json::{Cursor, Keys, needs_look, same, word};
 use arrow::array::builder::NullBufferBuilder;
 use arrow::array::{
     Array, ArrayRef, AsArray, BinaryArray, BooleanBuilder, Float64Builder, Int64Builder, NullArray, RecordBatch,
@@ -128,7 +128,7 @@ impl FlatDecoder {
         let mut r = Cursor::new(p);
         keys.reset();
         r.ws();
-        r.eat(b'{', Problem::ExpectedValue).ok()?;
+        r.eat(b'{').ok()?;
         r.ws();
         let mut seen = 0u64;
         let mut hint = 0;
@@ -162,7 +162,7 @@ impl FlatDecoder {
                     }
                 };
                 r.ws();
-                r.eat(b':', Problem::ExpectedColon).ok()?;
+                r.eat(b':').ok()?;
                 r.ws();
                 match field {
                     Some(f) => {

@@ -25,15 +25,16 @@ use std::fmt;
 /// serde_json's, so a strict serde_json parser accepts whatever Phoenix writes.
 pub const MAX_DEPTH: usize = 127;
 
-/// Where a payload stops being a valid event, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a payload stops being a valid event, and why. Small and `Copy`, so the happy path
+/// carries no strings: [`Invalid::reason`] reads the details back from the payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Invalid {
     /// Byte offset in the payload, from 0.
     pub at: usize,
     pub problem: Problem,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Problem {
     Empty,
     /// A valid JSON value that is not an object: what it is instead.
@@ -52,23 +53,50 @@ pub enum Problem {
     BadNumber,
     NumberOutOfRange,
     TooDeep,
-    DuplicateKey(String),
-    /// A declared `int` or `timestamp` field's number that would not convert exactly.
+    /// The key at `at` repeats one before it in its object.
+    DuplicateKey,
+    /// The number at `at`, of the declared field whose key starts at `key`, would not convert
+    /// exactly to its type (`ty`).
     NotWhole {
-        field: String,
+        key: usize,
         ty: &'static str,
-        number: String,
     },
 }
 
-impl fmt::Display for Invalid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.problem {
-            Problem::Empty => write!(f, "empty payload: expected a JSON object"),
-            Problem::NotObject(kind) => write!(f, "expected a JSON object, got {kind}"),
-            p @ Problem::NotWhole { .. } => write!(f, "at byte {}: {p}", self.at),
-            p => write!(f, "invalid JSON at byte {}: {p}", self.at),
+impl Invalid {
+    /// What was wrong with `payload` (the payload this was found in), for a dead letter.
+    pub fn reason(&self, payload: &[u8]) -> String {
+        let at = self.at;
+        match self.problem {
+            Problem::Empty => "empty payload: expected a JSON object".into(),
+            Problem::NotObject(kind) => format!("expected a JSON object, got {kind}"),
+            Problem::NotWhole { key, ty } => {
+                let number = Cursor::new(payload.get(at..).unwrap_or_default())
+                    .number()
+                    .map_or("?", |(n, _)| std::str::from_utf8(n).unwrap_or("?"));
+                format!(
+                    "at byte {at}: `{}` is {ty}, and {number} is not a whole number that fits in 64 bits",
+                    key_text(payload, key)
+                )
+            }
+            Problem::DuplicateKey => format!("invalid JSON at byte {at}: duplicate key {:?}", key_text(payload, at)),
+            p => format!("invalid JSON at byte {at}: {p}"),
         }
+    }
+}
+
+/// The (valid) key whose opening quote is at `at`, unescaped, shortened for a message.
+fn key_text(payload: &[u8], at: usize) -> String {
+    let mut c = Cursor::new(payload);
+    c.i = at;
+    let text = match c.string(true) {
+        Ok(s) => serde_json::from_slice::<String>(&payload[at..c.i])
+            .unwrap_or_else(|_| String::from_utf8_lossy(s.text).into_owned()),
+        Err(_) => return "?".into(),
+    };
+    match text.char_indices().nth(64) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
     }
 }
 
@@ -92,10 +120,8 @@ impl fmt::Display for Problem {
             Problem::BadNumber => write!(f, "malformed number"),
             Problem::NumberOutOfRange => write!(f, "number beyond the range of a 64-bit float"),
             Problem::TooDeep => write!(f, "nested deeper than {MAX_DEPTH} levels"),
-            Problem::DuplicateKey(k) => write!(f, "duplicate key {k:?}"),
-            Problem::NotWhole { field, ty, number } => {
-                write!(f, "`{field}` is {ty}, and {number} is not a whole number that fits in 64 bits")
-            }
+            Problem::DuplicateKey => write!(f, "duplicate key"),
+            Problem::NotWhole { ty, .. } => write!(f, "not a whole number that fits in 64 bits ({ty})"),
         }
     }
 }
@@ -175,14 +201,14 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// Consume `c`, or fail with `problem`.
+    /// Consume `c` (`{` or `:`), or fail saying what was expected.
     #[inline]
-    pub fn eat(&mut self, c: u8, problem: Problem) -> Result<(), Invalid> {
+    pub fn eat(&mut self, c: u8) -> Result<(), Invalid> {
         if self.peek() == Some(c) {
             self.i += 1;
             Ok(())
         } else {
-            self.here(problem)
+            self.here(if c == b':' { Problem::ExpectedColon } else { Problem::ExpectedValue })
         }
     }
 
@@ -383,25 +409,19 @@ impl<'a> Cursor<'a> {
 
     /// Step over any value, checking it; `depth` is the nesting level of the value's container.
     pub fn value(&mut self, keys: &mut Keys, depth: usize) -> Result<(), Invalid> {
-        self.value_in(keys, depth, None)
+        self.value_in(keys, depth, None, 0)
     }
 
-    /// [`Cursor::value`] of a declared field with a `rule` for its numbers.
-    fn value_in(&mut self, keys: &mut Keys, depth: usize, rule: Option<&Rule>) -> Result<(), Invalid> {
+    /// [`Cursor::value`] of a declared field (its key's quote at `key`) with a `rule` for its
+    /// numbers.
+    fn value_in(&mut self, keys: &mut Keys, depth: usize, rule: Option<&Rule>, key: usize) -> Result<(), Invalid> {
         match self.peek() {
             Some(b'"') => self.string(true).map(drop),
             Some(b'-' | b'0'..=b'9') => {
                 let at = self.i;
                 let (number, integer) = self.number()?;
                 match rule {
-                    Some(Rule::Whole { field, ty }) if !whole(number, integer) => self.fail(
-                        at,
-                        Problem::NotWhole {
-                            field: field.clone(),
-                            ty,
-                            number: String::from_utf8_lossy(number).into_owned(),
-                        },
-                    ),
+                    Some(&Rule::Whole(ty)) if !whole(number, integer) => self.fail(at, Problem::NotWhole { key, ty }),
                     _ => Ok(()),
                 }
             }
@@ -415,8 +435,8 @@ impl<'a> Cursor<'a> {
                 match (open, rule) {
                     (b'{', Some(Rule::Record(shape))) => self.members(keys, depth + 1, Some(shape)),
                     (b'{', _) => self.members(keys, depth + 1, None),
-                    (_, Some(Rule::List(inner))) => self.elements(keys, depth + 1, Some(inner)),
-                    _ => self.elements(keys, depth + 1, None),
+                    (_, Some(Rule::List(inner))) => self.elements(keys, depth + 1, Some(inner), key),
+                    _ => self.elements(keys, depth + 1, None, key),
                 }
             }
             _ => self.here(Problem::ExpectedValue),
@@ -436,12 +456,12 @@ impl<'a> Cursor<'a> {
             }
             let at = self.i;
             let key = self.string(true)?;
-            keys.insert(self.b, frame, at, key)?;
-            let rule = shape.and_then(|s| s.rule(keys.last(self.b)));
+            let k = keys.insert(self.b, frame, at, key)?;
+            let rule = shape.and_then(|s| s.rule(&k, keys.text(self.b, &k)));
             self.ws();
-            self.eat(b':', Problem::ExpectedColon)?;
+            self.eat(b':')?;
             self.ws();
-            self.value_in(keys, depth, rule)?;
+            self.value_in(keys, depth, rule, at)?;
             self.ws();
             if self.comma_or(b'}')? {
                 return keys.close(self.b, frame);
@@ -449,14 +469,15 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// The elements of an array, after its `[` and whitespace; `rule` is its declared elements'.
-    fn elements(&mut self, keys: &mut Keys, depth: usize, rule: Option<&Rule>) -> Result<(), Invalid> {
+    /// The elements of an array, after its `[` and whitespace; `rule` is its declared
+    /// elements' (of the field whose key is at `key`).
+    fn elements(&mut self, keys: &mut Keys, depth: usize, rule: Option<&Rule>, key: usize) -> Result<(), Invalid> {
         if self.peek() == Some(b']') {
             self.i += 1;
             return Ok(());
         }
         loop {
-            self.value_in(keys, depth, rule)?;
+            self.value_in(keys, depth, rule, key)?;
             self.ws();
             if self.comma_or(b']')? {
                 return Ok(());
@@ -470,36 +491,43 @@ impl<'a> Cursor<'a> {
 /// (to the year 2262): the validator refuses such numbers instead of letting them change.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Shape {
-    fields: Vec<(String, Rule)>,
+    /// Per field with a rule: its name's first word and length (see [`Key`]), name, rule.
+    fields: Vec<(u64, usize, String, Rule)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 enum Rule {
-    Whole { field: String, ty: &'static str },
+    /// A whole number within 64 bits, for a field of this type.
+    Whole(&'static str),
     Record(Shape),
     List(Box<Rule>),
 }
 
 impl Shape {
     pub fn of(record: &Record) -> Shape {
-        Shape {
-            fields: record.fields.iter().filter_map(|f| Some((f.name.clone(), Rule::of(&f.name, &f.ty)?))).collect(),
-        }
+        let fields = record
+            .fields
+            .iter()
+            .filter_map(|f| Some((head(f.name.as_bytes()), f.name.len(), f.name.clone(), Rule::of(&f.ty)?)))
+            .collect();
+        Shape { fields }
     }
 
-    fn rule(&self, key: &[u8]) -> Option<&Rule> {
-        self.fields.iter().find(|(name, _)| same(name.as_bytes(), key)).map(|(_, r)| r)
+    fn rule(&self, key: &Key, text: &[u8]) -> Option<&Rule> {
+        self.fields
+            .iter()
+            .find(|(h, len, name, _)| *h == key.head && *len == key.len && (*len <= 8 || same(name.as_bytes(), text)))
+            .map(|(.., r)| r)
     }
 }
 
 impl Rule {
-    fn of(field: &str, ty: &Ty) -> Option<Rule> {
-        let whole = |ty| Some(Rule::Whole { field: field.to_string(), ty });
+    fn of(ty: &Ty) -> Option<Rule> {
         match ty {
-            Ty::Int => whole("an int"),
-            Ty::Timestamp => whole("a timestamp"),
+            Ty::Int => Some(Rule::Whole("an int")),
+            Ty::Timestamp => Some(Rule::Whole("a timestamp")),
             Ty::Record(r) => Some(Shape::of(r)).filter(|s| !s.fields.is_empty()).map(Rule::Record),
-            Ty::List(t) => Rule::of(field, t).map(|r| Rule::List(Box::new(r))),
+            Ty::List(t) => Rule::of(t).map(|r| Rule::List(Box::new(r))),
             _ => None,
         }
     }
@@ -527,7 +555,7 @@ pub struct Keys {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Key {
+pub struct Key {
     /// The key's first eight bytes (zero-padded) and its length: most keys differ there, so
     /// comparing two is two word compares.
     head: u64,
@@ -560,7 +588,7 @@ impl Keys {
     }
 
     /// Add a key of the object that starts at `frame`; a key it already has is an error.
-    pub fn insert(&mut self, payload: &[u8], frame: usize, at: usize, key: Str) -> Result<(), Invalid> {
+    pub fn insert(&mut self, payload: &[u8], frame: usize, at: usize, key: Str) -> Result<Key, Invalid> {
         let k = if key.escaped {
             // Valid already: the cursor checked every escape.
             let text = serde_json::from_slice::<String>(&payload[at..at + key.text.len() + 2]).unwrap_or_default();
@@ -583,16 +611,11 @@ impl Keys {
             let repeat =
                 |o: &Key| o.head == k.head && o.len == k.len && (k.len <= 8 || same(self.text(payload, o), text));
             if self.keys[frame..].iter().any(repeat) {
-                return Err(duplicate(at, text));
+                return Err(Invalid { at, problem: Problem::DuplicateKey });
             }
         }
         self.keys.push(k);
-        Ok(())
-    }
-
-    /// The text of the key inserted last.
-    fn last<'s>(&'s self, payload: &'s [u8]) -> &'s [u8] {
-        self.keys.last().map_or(&[], |k| self.text(payload, k))
+        Ok(k)
     }
 
     /// End the object that started at `frame`: check a large one, forget its keys.
@@ -607,7 +630,7 @@ impl Keys {
             // The repeat that comes first in the payload.
             let first = keys.windows(2).filter(|w| text(&w[0]) == text(&w[1])).map(|w| w[1]).min_by_key(|k| k.at);
             if let Some(k) = first {
-                return Err(duplicate(k.at, text(&k)));
+                return Err(Invalid { at: k.at, problem: Problem::DuplicateKey });
             }
         }
         self.keys.truncate(frame);
@@ -626,16 +649,6 @@ fn head(text: &[u8]) -> u64 {
             u64::from_le_bytes(w)
         }
     }
-}
-
-fn duplicate(at: usize, key: &[u8]) -> Invalid {
-    let mut name = String::from_utf8_lossy(key).into_owned();
-    if name.len() > 64 {
-        let cut = (0..=64).rev().find(|&i| name.is_char_boundary(i)).unwrap_or(0);
-        name.truncate(cut);
-        name.push('…');
-    }
-    Invalid { at, problem: Problem::DuplicateKey(name) }
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;
@@ -701,6 +714,10 @@ mod tests {
         (e.at, e.problem)
     }
 
+    fn reason(s: &[u8]) -> String {
+        check(s).expect_err(&String::from_utf8_lossy(s)).reason(s)
+    }
+
     #[test]
     fn accepts_valid_objects() {
         for s in [
@@ -759,14 +776,21 @@ mod tests {
             (br#"{"a":tru}"#, 5, ExpectedValue),
             (br#"{"a":nul"#, 8, End),
             (br#"{"a":NaN}"#, 5, ExpectedValue),
-            (br#"{"a":1,"b":2,"a":3}"#, 13, DuplicateKey("a".into())),
-            (br#"{"a":1,"\u0061":3}"#, 7, DuplicateKey("a".into())),
-            (br#"{"x":{"a":1,"a":1}}"#, 12, DuplicateKey("a".into())),
+            (br#"{"a":1,"b":2,"a":3}"#, 13, DuplicateKey),
+            (br#"{"a":1,"\u0061":3}"#, 7, DuplicateKey),
+            (br#"{"x":{"a":1,"a":1}}"#, 12, DuplicateKey),
             (b"{'a':1}", 1, ExpectedKey),
         ];
         for (s, at, p) in cases {
-            assert_eq!(problem(s), (*at, p.clone()), "{}", String::from_utf8_lossy(s));
+            assert_eq!(problem(s), (*at, *p), "{}", String::from_utf8_lossy(s));
         }
+        assert_eq!(reason(br#"{"a":1,"\u0061":3}"#), r#"invalid JSON at byte 7: duplicate key "a""#);
+        assert_eq!(
+            reason(b"{\"a\":\"x\ty\"}"),
+            "invalid JSON at byte 7: raw control character U+0009 in a string (it must be escaped)"
+        );
+        assert_eq!(reason(b" "), "empty payload: expected a JSON object");
+        assert_eq!(reason(b"[1]"), "expected a JSON object, got an array");
     }
 
     #[test]
@@ -782,7 +806,8 @@ mod tests {
         }
         s.push_str("\"k17\":0,\"k5\":0}");
         let at = s.find("\"k17\":0,").unwrap();
-        assert_eq!(problem(s.as_bytes()), (at, Problem::DuplicateKey("k17".into())));
+        assert_eq!(problem(s.as_bytes()), (at, Problem::DuplicateKey));
+        assert_eq!(reason(s.as_bytes()), format!("invalid JSON at byte {at}: duplicate key \"k17\""));
         // Without the repeats it is valid.
         let ok = s.replace(",\"k17\":0,\"k5\":0}", "}");
         assert_eq!(check(ok.as_bytes()), Ok(()));
@@ -823,23 +848,25 @@ mod tests {
         ] {
             assert_eq!(check(ok), Ok(()), "{ok}");
         }
-        for (bad, at, field, number) in [
-            (r#"{"n":1.5}"#, 5, "n", "1.5"),
-            (r#"{"n":9223372036854775808}"#, 5, "n", "9223372036854775808"),
-            (r#"{"n":9.3e18}"#, 5, "n", "9.3e18"),
-            (r#"{"ts":99999999999999999999}"#, 6, "ts", "99999999999999999999"),
-            (r#"{"ts":1.5}"#, 6, "ts", "1.5"),
-            (r#"{"lines":[{"qty":1},{"qty":0.5}]}"#, 27, "qty", "0.5"),
+        for (bad, at, said) in [
+            (r#"{"n":1.5}"#, 5, "`n` is an int, and 1.5 is"),
+            (r#"{"n":9223372036854775808}"#, 5, "`n` is an int, and 9223372036854775808 is"),
+            (r#"{"n":9.3e18}"#, 5, "`n` is an int, and 9.3e18 is"),
+            (r#"{"ts":99999999999999999999}"#, 6, "`ts` is a timestamp, and 99999999999999999999 is"),
+            (r#"{"ts":1.5}"#, 6, "`ts` is a timestamp, and 1.5 is"),
+            (r#"{"lines":[{"qty":1},{"qty":0.5}]}"#, 27, "`qty` is an int, and 0.5 is"),
         ] {
             let e = check(bad).expect_err(bad);
             assert_eq!(e.at, at, "{bad}");
+            assert!(matches!(e.problem, Problem::NotWhole { .. }), "{e:?}");
             assert!(
-                matches!(&e.problem, Problem::NotWhole { field: f, number: n, .. } if f == field && n == number),
-                "{e}"
+                e.reason(bad.as_bytes()).starts_with(&format!("at byte {at}: {said}")),
+                "{}",
+                e.reason(bad.as_bytes())
             );
         }
         assert_eq!(
-            check(r#"{"n":1.5}"#).unwrap_err().to_string(),
+            check(r#"{"n":1.5}"#).unwrap_err().reason(br#"{"n":1.5}"#),
             "at byte 5: `n` is an int, and 1.5 is not a whole number that fits in 64 bits"
         );
     }
