@@ -456,8 +456,12 @@ impl<'a> Cursor<'a> {
             }
             let at = self.i;
             let key = self.string(true)?;
-            let k = keys.insert(self.b, frame, at, key)?;
-            let rule = shape.and_then(|s| s.rule(&k, keys.text(self.b, &k)));
+            keys.insert(self.b, frame, at, key)?;
+            let rule = match shape {
+                Some(s) if key.escaped => s.rule(keys.last(self.b)),
+                Some(s) => s.rule(key.text),
+                None => None,
+            };
             self.ws();
             self.eat(b':')?;
             self.ws();
@@ -491,8 +495,7 @@ impl<'a> Cursor<'a> {
 /// (to the year 2262): the validator refuses such numbers instead of letting them change.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Shape {
-    /// Per field with a rule: its name's first word and length (see [`Key`]), name, rule.
-    fields: Vec<(u64, usize, String, Rule)>,
+    fields: Vec<(String, Rule)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -505,19 +508,12 @@ enum Rule {
 
 impl Shape {
     pub fn of(record: &Record) -> Shape {
-        let fields = record
-            .fields
-            .iter()
-            .filter_map(|f| Some((head(f.name.as_bytes()), f.name.len(), f.name.clone(), Rule::of(&f.ty)?)))
-            .collect();
-        Shape { fields }
+        Shape { fields: record.fields.iter().filter_map(|f| Some((f.name.clone(), Rule::of(&f.ty)?))).collect() }
     }
 
-    fn rule(&self, key: &Key, text: &[u8]) -> Option<&Rule> {
-        self.fields
-            .iter()
-            .find(|(h, len, name, _)| *h == key.head && *len == key.len && (*len <= 8 || same(name.as_bytes(), text)))
-            .map(|(.., r)| r)
+    #[inline]
+    fn rule(&self, key: &[u8]) -> Option<&Rule> {
+        self.fields.iter().find(|(name, _)| same(name.as_bytes(), key)).map(|(_, r)| r)
     }
 }
 
@@ -549,21 +545,20 @@ fn whole(number: &[u8], integer: bool) -> bool {
 /// costs `n log n`, not `n²`.
 #[derive(Debug, Default)]
 pub struct Keys {
+    /// Per key, its [`tag`]: a small object's keys are compared by tag first, a word each.
+    tags: Vec<u64>,
     keys: Vec<Key>,
     /// Unescaped text of keys written with escapes (`"\u0061"` repeats `"a"`).
     unescaped: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct Key {
-    /// The key's first eight bytes (zero-padded) and its length: most keys differ there, so
-    /// comparing two is two word compares.
-    head: u64,
-    len: usize,
+struct Key {
     /// Offset of the key's opening quote in the payload.
     at: usize,
     /// The key's text: in the payload, or in `unescaped`.
-    range: (usize, usize),
+    start: usize,
+    end: usize,
     in_unescaped: bool,
 }
 
@@ -573,6 +568,7 @@ const LINEAR: usize = 16;
 impl Keys {
     /// Forget every key (a new payload).
     pub fn reset(&mut self) {
+        self.tags.clear();
         self.keys.clear();
         self.unescaped.clear();
     }
@@ -582,40 +578,41 @@ impl Keys {
         self.keys.len()
     }
 
-    fn text<'s>(&'s self, payload: &'s [u8], k: &Key) -> &'s [u8] {
-        let source = if k.in_unescaped { &self.unescaped } else { payload };
-        &source[k.range.0..k.range.1]
+    /// The text of the key inserted last (unescaped).
+    fn last<'s>(&'s self, payload: &'s [u8]) -> &'s [u8] {
+        self.keys.last().map_or(&[], |k| self.text(payload, k))
     }
 
-    /// Add a key of the object that starts at `frame`; a key it already has is an error.
-    pub fn insert(&mut self, payload: &[u8], frame: usize, at: usize, key: Str) -> Result<Key, Invalid> {
-        let k = if key.escaped {
+    fn text<'s>(&'s self, payload: &'s [u8], k: &Key) -> &'s [u8] {
+        let source = if k.in_unescaped { &self.unescaped } else { payload };
+        &source[k.start..k.end]
+    }
+
+    /// Add a key (its quote at `at`) of the object that starts at `frame`; a key the object
+    /// already has is an error.
+    #[inline]
+    pub fn insert(&mut self, payload: &[u8], frame: usize, at: usize, key: Str) -> Result<(), Invalid> {
+        let (k, tag) = if key.escaped {
             // Valid already: the cursor checked every escape.
             let text = serde_json::from_slice::<String>(&payload[at..at + key.text.len() + 2]).unwrap_or_default();
             let start = self.unescaped.len();
             self.unescaped.extend_from_slice(text.as_bytes());
-            Key {
-                head: head(text.as_bytes()),
-                len: text.len(),
-                at,
-                range: (start, self.unescaped.len()),
-                in_unescaped: true,
-            }
+            let end = self.unescaped.len();
+            (Key { at, start, end, in_unescaped: true }, tag(&self.unescaped, start, end))
         } else {
-            let text = key.text;
-            Key { head: head(text), len: text.len(), at, range: (at + 1, at + 1 + text.len()), in_unescaped: false }
+            let (start, end) = (at + 1, at + 1 + key.text.len());
+            (Key { at, start, end, in_unescaped: false }, tag(payload, start, end))
         };
-        let count = self.keys.len() - frame;
-        if count < LINEAR {
-            let text = self.text(payload, &k);
-            let repeat =
-                |o: &Key| o.head == k.head && o.len == k.len && (k.len <= 8 || same(self.text(payload, o), text));
-            if self.keys[frame..].iter().any(repeat) {
-                return Err(Invalid { at, problem: Problem::DuplicateKey });
+        if self.tags.len() - frame < LINEAR {
+            for (i, &t) in self.tags[frame..].iter().enumerate() {
+                if t == tag && self.text(payload, &self.keys[frame + i]) == self.text(payload, &k) {
+                    return Err(Invalid { at, problem: Problem::DuplicateKey });
+                }
             }
         }
+        self.tags.push(tag);
         self.keys.push(k);
-        Ok(k)
+        Ok(())
     }
 
     /// End the object that started at `frame`: check a large one, forget its keys.
@@ -624,7 +621,7 @@ impl Keys {
             let (keys, unescaped) = (&mut self.keys[frame..], &self.unescaped);
             let text = |k: &Key| {
                 let source = if k.in_unescaped { unescaped.as_slice() } else { payload };
-                &source[k.range.0..k.range.1]
+                &source[k.start..k.end]
             };
             keys.sort_unstable_by(|a, b| text(a).cmp(text(b)).then(a.at.cmp(&b.at)));
             // The repeat that comes first in the payload.
@@ -633,22 +630,27 @@ impl Keys {
                 return Err(Invalid { at: k.at, problem: Problem::DuplicateKey });
             }
         }
+        self.tags.truncate(frame);
         self.keys.truncate(frame);
         Ok(())
     }
 }
 
-/// The first eight bytes of `text`, zero-padded, as a word.
+/// A word that equal texts share: the first eight bytes of `source[start..end]` (zero-padded),
+/// with the length in the top byte. Loaded straight from `source` when eight bytes are there.
 #[inline]
-fn head(text: &[u8]) -> u64 {
-    match text.get(..8) {
-        Some(w) => word(w),
+fn tag(source: &[u8], start: usize, end: usize) -> u64 {
+    let len = end - start;
+    let head = match source.get(start..start + 8) {
+        Some(w) if len >= 8 => word(w),
+        Some(w) => word(w) & ((1u64 << (8 * len)) - 1),
         None => {
             let mut w = [0u8; 8];
-            w[..text.len()].copy_from_slice(text);
+            w[..len].copy_from_slice(&source[start..end]);
             u64::from_le_bytes(w)
         }
-    }
+    };
+    head ^ ((len as u64) << 56)
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;
@@ -852,6 +854,7 @@ mod tests {
             (r#"{"n":1.5}"#, 5, "`n` is an int, and 1.5 is"),
             (r#"{"n":9223372036854775808}"#, 5, "`n` is an int, and 9223372036854775808 is"),
             (r#"{"n":9.3e18}"#, 5, "`n` is an int, and 9.3e18 is"),
+            (r#"{"\u006e":1.5}"#, 10, "`n` is an int, and 1.5 is"),
             (r#"{"ts":99999999999999999999}"#, 6, "`ts` is a timestamp, and 99999999999999999999 is"),
             (r#"{"ts":1.5}"#, 6, "`ts` is a timestamp, and 1.5 is"),
             (r#"{"lines":[{"qty":1},{"qty":0.5}]}"#, 27, "`qty` is an int, and 0.5 is"),
