@@ -887,9 +887,9 @@ mod tests {
             let first = rng.usize(..8);
             w[first] = [b'"', b'\\', 0, 0x1f, b'\n'][rng.usize(..5)];
             // More special bytes above the first one may follow.
-            for k in first + 1..8 {
+            for b in &mut w[first + 1..] {
                 if rng.u8(..4) == 0 {
-                    w[k] = [b'"', b'\\', 0, 0x01][rng.usize(..4)];
+                    *b = [b'"', b'\\', 0, 0x01][rng.usize(..4)];
                 }
             }
             let m = special_mask(u64::from_le_bytes(w));
