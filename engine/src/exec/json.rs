@@ -874,6 +874,48 @@ mod tests {
         );
     }
 
+    /// Why the general path validates before arrow-json: its tape decoder (59, strict mode or
+    /// not) accepts all of these, and converts some lossily. If an upgrade makes it strict,
+    /// this test says so and the separate pass can go.
+    #[test]
+    fn arrow_json_lets_through_what_the_validator_refuses() {
+        use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+        let decode = |ty: DataType, doc: &str| -> Option<String> {
+            let schema = std::sync::Arc::new(Schema::new(vec![Field::new("v", ty, true)]));
+            let mut d = arrow::json::ReaderBuilder::new(schema).with_strict_mode(false).build_decoder().ok()?;
+            d.decode(doc.as_bytes()).ok()?;
+            let b = d.flush().ok()??;
+            arrow::util::display::array_value_to_string(b.column(0), 0).ok()
+        };
+        let ts = DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()));
+        for (ty, doc, arrow_says) in [
+            (DataType::Int64, r#"{"v":1 "w":2}"#, "1"),
+            (DataType::Int64, r#"{"v":1,,"w":2}"#, "1"),
+            (DataType::Int64, r#"{"v":1,}"#, "1"),
+            (DataType::Int64, "{\"v\":1,\"w\":\"a\u{0}b\"}", "1"),
+            (DataType::Int64, r#"{"v":1,"w":1e99967.18}"#, "1"),
+            (DataType::Int64, r#"{"v":1,"w":[1 2]}"#, "1"),
+            (DataType::Int64, r#"{"v":1,"v":2}"#, "2"),
+            (DataType::Int64, r#"{"v":1.5}"#, "1"),
+            (DataType::Float64, r#"{"v":1e400}"#, "inf"),
+            (ts, r#"{"v":99999999999999999999}"#, "2262-04-11T23:47:16.854775807Z"),
+        ] {
+            assert_eq!(decode(ty.clone(), doc).as_deref(), Some(arrow_says), "{doc}");
+            let record = Record {
+                fields: vec![phoenix_dsl::types::RecordField {
+                    name: "v".into(),
+                    ty: match ty {
+                        DataType::Int64 => Ty::Int,
+                        DataType::Float64 => Ty::Float,
+                        _ => Ty::Timestamp,
+                    },
+                    optional: true,
+                }],
+            };
+            assert!(check_event(doc.as_bytes(), &mut Keys::default(), &Shape::of(&record)).is_err(), "{doc}");
+        }
+    }
+
     #[test]
     fn special_mask_points_at_the_first_special_byte() {
         let mut rng = fastrand::Rng::with_seed(8);
