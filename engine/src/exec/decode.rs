@@ -106,7 +106,7 @@ impl Decoder {
         for i in 0..n {
             match check_event(raw.payload(i), &mut keys, &self.shape) {
                 Ok(()) => valid.push(i),
-                Err(e) => bad.push((i, e.to_string())),
+                Err(e) => bad.push((i, e.reason(raw.payload(i)))),
             }
         }
         let kept: Vec<u32> = valid.iter().map(|&i| i as u32).collect();

@@ -59,6 +59,7 @@ impl Source for FileSource {
                 let name = path.display().to_string();
                 let io = |e: std::io::Error| ConnectorError(format!("reading `{name}`: {e}"));
                 let mut file = tokio::fs::File::open(path).await.map_err(io)?;
+                ctx.set_connected();
                 let json_array = match self.format.as_str() {
                     "json" => true,
                     "ndjson" => false,

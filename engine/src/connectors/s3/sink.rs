@@ -11,6 +11,7 @@
 use super::client::{BucketConfig, describe};
 use crate::connectors::{Batching, BoxFuture, ConnectorError, ItemFailure, PartialFailure, Sink, WriteError};
 use crate::exec::batch::SinkBatch;
+use crate::observability::readiness::Throttled;
 use crate::options::Options;
 use arrow::array::{Array, AsArray, StringArray};
 use arrow::compute::cast;
@@ -100,6 +101,31 @@ fn object_key(prefix: &str, gzip: bool) -> String {
 }
 
 impl Sink for S3Sink {
+    /// Connected once S3 answered a HeadBucket for the bucket (or an upload succeeded).
+    fn connected(&self) -> Option<BoxFuture<'static, ()>> {
+        let bucket = self.bucket.clone();
+        Some(Box::pin(async move {
+            let client = bucket.client(Duration::from_secs(30)).await;
+            let throttle = Throttled::default();
+            loop {
+                match client.head_bucket().bucket(&bucket.bucket).send().await {
+                    Ok(_) => return,
+                    Err(e) => {
+                        let line = throttle.line(format_args!(
+                            "cannot reach bucket {}: {}; retrying",
+                            bucket.bucket,
+                            describe(&e)
+                        ));
+                        if let Some(line) = line {
+                            tracing::warn!(bucket = %bucket.bucket, "{line}");
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }))
+    }
+
     fn write<'a>(&'a mut self, batch: &'a SinkBatch) -> BoxFuture<'a, Result<(), WriteError>> {
         Box::pin(async move {
             let keys: Option<StringArray> = match batch.field("key") {

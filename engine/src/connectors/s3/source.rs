@@ -24,6 +24,7 @@ use super::object::{self, Compression, Format, Outcome, Reading};
 use crate::connectors::sqs::client::QueueConfig;
 use crate::connectors::sqs::source as sqs;
 use crate::connectors::{BoxFuture, ConnectorError, Source, SourceContext};
+use crate::observability::readiness::Throttled;
 use crate::options::Options;
 use aws_sdk_s3::Client;
 use aws_sdk_sqs::types::Message;
@@ -320,6 +321,7 @@ impl Source for S3Source {
                         queue_url: q.queue_url.clone(),
                         wait_time: Duration::from_secs(20),
                         visibility: self.visibility,
+                        throttle: Throttled::default(),
                     });
                     notification_loop(&shared, &queue, &ctx, &slots, &mut tasks).await;
                     Ok(())
@@ -386,10 +388,12 @@ async fn list_loop(
     poll_interval: Duration,
 ) -> Result<(), ConnectorError> {
     let mut failures = 0u32;
+    let throttle = Throttled::default();
     'poll: while !ctx.is_stopping() {
         let listed = match shared.list().await {
             Ok(l) => {
                 failures = 0;
+                ctx.set_connected();
                 l
             }
             Err(e) => {
@@ -400,7 +404,11 @@ async fn list_loop(
                         shared.bucket, shared.prefix
                     )));
                 }
-                warn!(source = %shared.name, "listing failed: {e}; trying again");
+                let line = throttle
+                    .line(format_args!("listing `s3://{}/{}` failed: {e}; trying again", shared.bucket, shared.prefix));
+                if let Some(line) = line {
+                    warn!(source = %shared.name, "{line}");
+                }
                 let pause =
                     Duration::from_millis(500 << failures.min(5)).min(poll_interval.max(Duration::from_secs(1)));
                 tokio::select! {
@@ -510,12 +518,15 @@ async fn notification_loop(
         let messages = match received {
             Ok(out) => {
                 failures = 0;
+                ctx.set_connected();
                 out.messages.unwrap_or_default()
             }
             Err(e) => {
                 failures += 1;
-                if failures <= 3 || failures.is_multiple_of(20) {
-                    warn!(source = %shared.name, "ReceiveMessage failed: {}; retrying", describe(&e));
+                if let Some(line) =
+                    queue.throttle.line(format_args!("ReceiveMessage failed: {}; retrying", describe(&e)))
+                {
+                    warn!(source = %shared.name, "{line}");
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(50)))) => {}
