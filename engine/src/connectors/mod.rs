@@ -7,12 +7,14 @@
 //! [`SourceContext`]; a [`Sink`] writes [`SinkBatch`]es. Decoding, operators, retries, dead
 //! letters and acknowledgements are the engine's job, not the connector's.
 
+pub mod aws;
 pub mod elasticsearch;
 pub mod file;
 pub mod generate;
 pub mod http;
 pub mod kafka;
 mod lines;
+pub mod s3;
 pub mod sqs;
 pub mod stdio;
 
@@ -270,6 +272,7 @@ pub fn build_source(connector: &str, options: &Options) -> Result<Box<dyn Source
         "http" => http::HttpSource::new(options).map(|s| Box::new(s) as Box<dyn Source>),
         "kafka" => kafka::KafkaSource::new(options).map(|s| Box::new(s) as Box<dyn Source>),
         "sqs" => sqs::SqsSource::new(options).map(|s| Box::new(s) as Box<dyn Source>),
+        "s3" => s3::S3Source::new(options).map(|s| Box::new(s) as Box<dyn Source>),
         other => Err(not_runnable(other, "source")),
     }
 }
@@ -282,6 +285,7 @@ pub fn build_sink(connector: &str, options: &Options) -> Result<Box<dyn Sink>, C
         "elasticsearch" => elasticsearch::ElasticsearchSink::new(options).map(|s| Box::new(s) as Box<dyn Sink>),
         "kafka" => kafka::KafkaSink::new(options).map(|s| Box::new(s) as Box<dyn Sink>),
         "sqs" => sqs::SqsSink::new(options).map(|s| Box::new(s) as Box<dyn Sink>),
+        "s3" => s3::S3Sink::new(options).map(|s| Box::new(s) as Box<dyn Sink>),
         other => Err(not_runnable(other, "sink")),
     }
 }
@@ -308,6 +312,8 @@ pub fn specs() -> Vec<ConnectorSpec> {
         kafka::sink_spec(),
         sqs::source_spec(),
         sqs::sink_spec(),
+        s3::source_spec(),
+        s3::sink_spec(),
         elasticsearch::sink_spec(),
     ]
 }

@@ -171,6 +171,10 @@ impl Decoder {
     /// Event `i` as a dead letter (the source learns why, if it asked to).
     fn dead(&self, raw: &RawBatch, i: usize, error: String) -> DeadLetter {
         raw.ack.reject(i, &error);
+        let error = match &raw.place {
+            Some(p) => format!("{}: {error}", p.describe(i)),
+            None => error,
+        };
         DeadLetter { error, node: self.node.clone(), payload: raw.data.slice(raw.spans[i].clone()), attempts: 1 }
     }
 

@@ -357,6 +357,7 @@ fn raw_batch(data: &Bytes, spans: &[Range<usize>], remote: &str, ack: Ack) -> Ra
         meta: vec![("remote", remote)],
         rejected: Vec::new(),
         ack,
+        place: None,
     }
 }
 

@@ -66,15 +66,15 @@ impl SqsSource {
     }
 }
 
-/// What every poller shares.
-struct Shared {
-    name: String,
-    client: Client,
-    queue_url: String,
-    wait_time: Duration,
-    visibility: Duration,
+/// What every poller shares (and the `s3` source, for its notification queue).
+pub(crate) struct Shared {
+    pub(crate) name: String,
+    pub(crate) client: Client,
+    pub(crate) queue_url: String,
+    pub(crate) wait_time: Duration,
+    pub(crate) visibility: Duration,
     /// Failed receives, logged at most once per 30 s whatever the number of pollers.
-    throttle: Throttled,
+    pub(crate) throttle: Throttled,
 }
 
 impl Source for SqsSource {
@@ -311,7 +311,7 @@ where
     all_done
 }
 
-async fn delete(shared: &Shared, handles: &[String]) {
+pub(crate) async fn delete(shared: &Shared, handles: &[String]) {
     let ok = for_entries(shared, "DeleteMessageBatch", handles, |entries| async move {
         let entries: Vec<_> = entries
             .into_iter()
@@ -333,7 +333,7 @@ async fn delete(shared: &Shared, handles: &[String]) {
     }
 }
 
-async fn change_visibility(shared: &Shared, handles: &[String], seconds: i32) {
+pub(crate) async fn change_visibility(shared: &Shared, handles: &[String], seconds: i32) {
     for_entries(shared, "ChangeMessageVisibilityBatch", handles, |entries| async move {
         let entries: Vec<_> = entries
             .into_iter()
