@@ -33,7 +33,9 @@ pub struct NodeStats {
 
 #[derive(Debug)]
 pub struct Metrics {
-    pub registry: Registry,
+    /// Shared with [`Metrics::sibling`]s, so one `/metrics` shows every flow of `phoenix serve`.
+    pub registry: Arc<Registry>,
+    families: Vec<Family<NodeLabels, Counter>>,
     pub nodes: Vec<Arc<NodeStats>>,
     pub started: Instant,
 }
@@ -54,31 +56,49 @@ impl Metrics {
         for ((name, help), f) in names.iter().zip(&families) {
             registry.register(*name, *help, f.clone());
         }
-        let nodes = nodes
-            .into_iter()
-            .map(|(title, at)| {
-                let l = NodeLabels { node: title.clone(), at: at.clone() };
-                let c = |i: usize| families[i].get_or_create(&l).clone();
-                Arc::new(NodeStats {
-                    title,
-                    at,
-                    events_in: c(0),
-                    events_out: c(1),
-                    bytes_in: c(2),
-                    errors: c(3),
-                    unhandled: c(4),
-                    retries: c(5),
-                })
-            })
-            .collect();
-        Metrics { registry, nodes, started: Instant::now() }
+        let nodes = stats(&families, nodes);
+        Metrics { registry: Arc::new(registry), families, nodes, started: Instant::now() }
     }
 
-    /// The Prometheus text exposition.
+    /// Counters for another flow's nodes in the same registry. Nodes are told apart by their
+    /// location (`orders.phx:3:1`); a flow replaced by one with the same nodes keeps counting on.
+    pub fn sibling(&self, nodes: impl IntoIterator<Item = (String, String)>) -> Metrics {
+        Metrics {
+            registry: self.registry.clone(),
+            families: self.families.clone(),
+            nodes: stats(&self.families, nodes),
+            started: Instant::now(),
+        }
+    }
+
+    /// The Prometheus text exposition (of every sibling).
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+fn stats(
+    families: &[Family<NodeLabels, Counter>],
+    nodes: impl IntoIterator<Item = (String, String)>,
+) -> Vec<Arc<NodeStats>> {
+    nodes
+        .into_iter()
+        .map(|(title, at)| {
+            let l = NodeLabels { node: title.clone(), at: at.clone() };
+            let c = |i: usize| families[i].get_or_create(&l).clone();
+            Arc::new(NodeStats {
+                title,
+                at,
+                events_in: c(0),
+                events_out: c(1),
+                bytes_in: c(2),
+                errors: c(3),
+                unhandled: c(4),
+                retries: c(5),
+            })
+        })
+        .collect()
 }

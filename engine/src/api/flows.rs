@@ -1,0 +1,292 @@
+//! The flows `phoenix serve` runs: each stored flow compiled by the same front end as
+//! `phoenix check` and run as `phoenix run` runs it, replaced or stopped on request.
+//!
+//! A replacement is break-before-make for now: the old graph drains exactly as on SIGTERM
+//! (sources stop, every event in flight is written and acknowledged), then the new one starts.
+//! Nothing acknowledged is lost, but a source is not read during the swap; building the new
+//! graph before draining the old (make-before-break) is the next step.
+
+use crate::api::store::{FlowStatus, FlowStore, StoreError};
+use crate::observability::metrics::Metrics;
+use crate::observability::readiness::Readiness;
+use crate::options::Settings;
+use crate::run::{RunConfig, run};
+use crate::taskgraph::{TaskGraph, node_labels};
+use crate::{EngineCatalog, FsLoader};
+use phoenix_dsl::Loader;
+use phoenix_dsl::plan::Plan;
+use phoenix_dsl::span::SourceMap;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// One diagnostic as the API reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiDiagnostic {
+    pub code: String,
+    /// `error` or `warning`.
+    pub severity: &'static str,
+    pub message: String,
+    /// The file it points into: the flow itself, or a file it imports.
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub help: Option<String>,
+}
+
+/// A flow that compiled: ready to run, with its warnings.
+#[derive(Debug)]
+pub struct Compiled {
+    plan: Plan,
+    sources: SourceMap,
+    pub warnings: Vec<ApiDiagnostic>,
+}
+
+/// A flow's counters, as `GET /api/v1/flows/{name}` shows them.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeCounts {
+    pub node: String,
+    pub at: String,
+    pub events_in: u64,
+    pub events_out: u64,
+    pub errors: u64,
+}
+
+/// A running (or ended) flow of this process.
+#[derive(Debug)]
+struct Deployed {
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+    /// Cleared before the flow is stopped on purpose, so its ending does not overwrite the
+    /// status of whatever replaced it.
+    current: Arc<AtomicBool>,
+}
+
+/// The flows of one process over a [`FlowStore`].
+#[derive(Debug)]
+pub struct Flows {
+    store: Arc<dyn FlowStore>,
+    catalog: Arc<EngineCatalog>,
+    /// Every flow's counters are siblings of these, so `/metrics` shows them all.
+    metrics: Arc<Metrics>,
+    /// Every flow's readiness is a child of this one (`/ready`).
+    readiness: Readiness,
+    workers: usize,
+    settings: Settings,
+    running: Mutex<HashMap<String, Deployed>>,
+    /// Held by every change (PUT, DELETE, shutdown), so changes to flows happen one at a time.
+    changes: tokio::sync::Mutex<()>,
+}
+
+impl Flows {
+    pub fn new(
+        store: Arc<dyn FlowStore>,
+        metrics: Arc<Metrics>,
+        readiness: Readiness,
+        workers: usize,
+        settings: Settings,
+    ) -> Flows {
+        Flows {
+            store,
+            catalog: Arc::new(EngineCatalog::new()),
+            metrics,
+            readiness,
+            workers,
+            settings,
+            running: Mutex::new(HashMap::new()),
+            changes: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn store(&self) -> &dyn FlowStore {
+        &*self.store
+    }
+
+    pub fn catalog(&self) -> &EngineCatalog {
+        &self.catalog
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Deployed>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Compile `text` as the flow `name`, its imports read beside the stored flows.
+    pub fn compile(&self, name: &str, text: &str) -> Result<Compiled, Vec<ApiDiagnostic>> {
+        let root = self.store.file_name(name);
+        let loader = TextLoader { root: root.clone(), text };
+        let c = phoenix_dsl::compile(&root, &loader, &*self.catalog);
+        let diagnostics: Vec<ApiDiagnostic> = c
+            .diagnostics
+            .iter()
+            .map(|d| {
+                let (line, column) = c.sources.line_column(d.span());
+                ApiDiagnostic {
+                    code: d.code.as_str().to_string(),
+                    severity: if d.is_error() { "error" } else { "warning" },
+                    message: d.message.clone(),
+                    file: c.sources.get(d.span().file).name.clone(),
+                    line,
+                    column,
+                    help: d.help.clone(),
+                }
+            })
+            .collect();
+        if c.has_errors() {
+            return Err(diagnostics);
+        }
+        match c.plan(&*self.catalog) {
+            Some(plan) => Ok(Compiled { plan, sources: c.sources, warnings: diagnostics }),
+            // Lowering a flow the checker accepted does not fail; say so if it ever does.
+            None => Err(vec![ApiDiagnostic {
+                code: "internal".into(),
+                severity: "error",
+                message: "the flow checked but could not be planned".into(),
+                file: root,
+                line: 1,
+                column: 1,
+                help: None,
+            }]),
+        }
+    }
+
+    /// Start every stored flow (at start-up). A flow that does not compile is marked
+    /// [`FlowStatus::Invalid`] and its diagnostics logged.
+    pub async fn start_all(&self) -> Result<(), StoreError> {
+        let _change = self.changes.lock().await;
+        for name in self.store.list()? {
+            let Some(text) = self.store.get(&name)? else { continue };
+            match self.compile(&name, &text) {
+                Ok(compiled) => self.start(&name, compiled),
+                Err(diagnostics) => {
+                    let errors: Vec<_> = diagnostics.iter().filter(|d| d.severity == "error").collect();
+                    for d in &errors {
+                        tracing::error!(flow = %name, "{}:{}:{}: {} {}", d.file, d.line, d.column, d.code, d.message);
+                    }
+                    self.store.set_status(&name, FlowStatus::Invalid { errors: errors.len() });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Store and run `compiled` as `name`, draining the flow it replaces first. `true` if
+    /// there was one.
+    pub async fn replace(&self, name: &str, text: &str, compiled: Compiled) -> Result<bool, StoreError> {
+        let _change = self.changes.lock().await;
+        let existed = self.store.get(name)?.is_some();
+        self.store.put(name, text)?;
+        self.stop(name).await;
+        self.start(name, compiled);
+        Ok(existed)
+    }
+
+    /// Stop `name` (draining it) and forget it. `false` if there was no such flow.
+    pub async fn delete(&self, name: &str) -> Result<bool, StoreError> {
+        let _change = self.changes.lock().await;
+        let was_running = self.stop(name).await;
+        Ok(self.store.delete(name)? || was_running)
+    }
+
+    /// Drain every flow (at shutdown), all at once.
+    pub async fn stop_all(&self) {
+        let _change = self.changes.lock().await;
+        let names: Vec<String> = self.running().keys().cloned().collect();
+        futures::future::join_all(names.iter().map(|n| self.stop(n))).await;
+    }
+
+    /// The counters of `name`'s nodes, if it has run in this process.
+    pub fn counts(&self, name: &str) -> Option<Vec<NodeCounts>> {
+        let running = self.running();
+        let d = running.get(name)?;
+        Some(
+            d.metrics
+                .nodes
+                .iter()
+                .map(|n| NodeCounts {
+                    node: n.title.clone(),
+                    at: n.at.clone(),
+                    events_in: n.events_in.get(),
+                    events_out: n.events_out.get(),
+                    errors: n.errors.get(),
+                })
+                .collect(),
+        )
+    }
+
+    fn start(&self, name: &str, compiled: Compiled) {
+        let Compiled { plan, sources, .. } = compiled;
+        let metrics = Arc::new(self.metrics.sibling(node_labels(&plan, &sources)));
+        let graph = match TaskGraph::build(&plan, &sources, &metrics) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(flow = %name, "{e}");
+                self.store.set_status(name, FlowStatus::Failed { error: e.to_string() });
+                return;
+            }
+        };
+        let readiness = Readiness::new();
+        self.readiness.add_child(readiness.clone());
+        let mut config = RunConfig::new(self.workers);
+        config.settings = self.settings.clone();
+        config.readiness = readiness.clone();
+        let shutdown = config.shutdown.clone();
+        let current = Arc::new(AtomicBool::new(true));
+        self.store.set_status(name, FlowStatus::Running);
+        let task = {
+            let (catalog, metrics, store, current) =
+                (self.catalog.clone(), metrics.clone(), self.store.clone(), current.clone());
+            let name = name.to_string();
+            tokio::spawn(async move {
+                let outcome = run(graph, &catalog, metrics, config).await;
+                let status = match outcome {
+                    Ok(()) => FlowStatus::Finished,
+                    Err(e) => {
+                        tracing::error!(flow = %name, "{e}");
+                        FlowStatus::Failed { error: e.to_string() }
+                    }
+                };
+                if current.load(Ordering::Acquire) {
+                    store.set_status(&name, status);
+                }
+            })
+        };
+        tracing::info!(flow = %name, "flow started");
+        self.running().insert(name.to_string(), Deployed { shutdown, task, metrics, readiness, current });
+    }
+
+    /// Drain `name` as on SIGTERM and wait until it has stopped; `false` if it was not running.
+    async fn stop(&self, name: &str) -> bool {
+        let Some(d) = self.running().remove(name) else { return false };
+        d.current.store(false, Ordering::Release);
+        self.store.set_status(name, FlowStatus::Draining);
+        tracing::info!(flow = %name, "draining the flow");
+        d.shutdown.cancel();
+        if let Err(e) = d.task.await {
+            tracing::error!(flow = %name, "the flow task failed: {e}");
+        }
+        self.readiness.remove_child(&d.readiness);
+        tracing::info!(flow = %name, "flow stopped");
+        true
+    }
+}
+
+/// The flow's root file from memory (a text not yet stored), its imports from disk.
+struct TextLoader<'a> {
+    root: String,
+    text: &'a str,
+}
+
+impl Loader for TextLoader<'_> {
+    fn load(&self, path: &str, from: Option<&str>) -> Result<(String, Vec<u8>), String> {
+        if from.is_none() && path == self.root {
+            return Ok((self.root.clone(), self.text.as_bytes().to_vec()));
+        }
+        FsLoader.load(path, from)
+    }
+}

@@ -1,0 +1,249 @@
+//! The control-plane API as a user meets it: `phoenix serve` started as a process, called with
+//! the real `curl` on 127.0.0.1.
+//!
+//! `cargo test -p phoenix-engine --test api`
+
+mod support;
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use support::{Guard, curl, curl_with, free_port, lines, phoenix, signal, temp, wait};
+
+const READ_KEY: &str = "r3ad-0123456789";
+const WRITE_KEY: &str = "wr1te-0123456789";
+
+/// `phoenix serve` on a free port over `dir/flows`, with `dir/keys`; its log in `dir/phoenix.log`.
+struct Serve {
+    addr: String,
+    dir: PathBuf,
+    child: Guard,
+}
+
+impl Serve {
+    fn start(dir: &Path) -> Serve {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(dir.join("phoenix.log")).expect("log");
+        let child = phoenix()
+            .args(["serve", "--flows"])
+            .arg(dir.join("flows"))
+            .args(["--address", &addr, "--api-keys"])
+            .arg(dir.join("keys"))
+            .args(["--workers", "1"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start phoenix serve");
+        let s = Serve { addr, dir: dir.to_path_buf(), child: Guard::new(child) };
+        s.until("/ready", || {
+            std::net::TcpStream::connect(&s.addr).is_ok() && curl(&s.addr, "GET", "/ready", None, None).0 == 200
+        });
+        s
+    }
+
+    fn call(&self, key: Option<&str>, method: &str, path: &str, body: Option<&[u8]>) -> (u16, String) {
+        let headers: Vec<String> = key.map(|k| format!("Authorization: Bearer {k}")).into_iter().collect();
+        curl_with(&self.addr, method, path, &headers, body)
+    }
+
+    /// A call with the write key; the answer as JSON (`Null` for an empty body).
+    fn json(&self, method: &str, path: &str, body: Option<&[u8]>) -> (u16, Value) {
+        let (status, text) = self.call(Some(WRITE_KEY), method, path, body);
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+        };
+        (status, v)
+    }
+
+    fn until(&self, what: &str, mut f: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !f() {
+            if start.elapsed() > Duration::from_secs(60) {
+                let log = std::fs::read_to_string(self.dir.join("phoenix.log")).unwrap_or_default();
+                panic!("timed out waiting for {what}; phoenix.log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM: every flow drains, exit 0.
+    fn stop(self) {
+        signal(self.child.child(), "-TERM");
+        let out = wait(self.child.take(), Duration::from_secs(60));
+        let log = std::fs::read_to_string(self.dir.join("phoenix.log")).unwrap_or_default();
+        assert!(out.status.success(), "exit {:?}:\n{log}", out.status);
+        for key in [READ_KEY, WRITE_KEY] {
+            assert!(!log.contains(key), "a key was logged:\n{log}");
+        }
+    }
+}
+
+fn setup(name: &str) -> PathBuf {
+    let dir = temp(name);
+    std::fs::create_dir_all(dir.join("flows")).expect("flows dir");
+    std::fs::write(dir.join("keys"), format!("# test keys\n{READ_KEY} read\n{WRITE_KEY} write\n")).expect("keys");
+    dir
+}
+
+/// An `http` source on `port` into the file `out`.
+fn ingest(port: u16, out: &Path) -> String {
+    format!(
+        "schema E {{ id: int }}\n\
+         source api = http {{ address = \"127.0.0.1:{port}\", path = \"/events\" }} as E\n\
+         sink out = file {{ path = \"{}\" }}\n\
+         api | out\n",
+        out.display()
+    )
+}
+
+fn post_events(port: u16, ids: std::ops::Range<u32>) {
+    let body: String = ids.map(|i| format!("{{\"id\":{i}}}\n")).collect();
+    let (status, answer) = curl(&format!("127.0.0.1:{port}"), "POST", "/events", None, Some(body.as_bytes()));
+    assert_eq!(status, 200, "{answer}");
+}
+
+fn ids(path: &Path) -> Vec<u64> {
+    lines(path).iter().map(|l| serde_json::from_str::<Value>(l).expect("json")["id"].as_u64().expect("id")).collect()
+}
+
+#[test]
+fn flows_are_listed_read_replaced_and_deleted() {
+    let dir = setup("api-crud");
+    let port = free_port();
+    let (v1, v2) = (dir.join("out-v1.jsonl"), dir.join("out-v2.jsonl"));
+    let text_v1 = ingest(port, &v1);
+    std::fs::write(dir.join("flows/ingest.phx"), &text_v1).expect("flow");
+    let api = Serve::start(&dir);
+
+    let (status, list) = api.json("GET", "/api/v1/flows", None);
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["flows"], serde_json::json!([{"name": "ingest", "status": {"state": "running"}}]));
+    post_events(port, 0..3);
+    let (status, flow) = api.json("GET", "/api/v1/flows/ingest", None);
+    assert_eq!(status, 200, "{flow}");
+    assert_eq!(flow["text"], text_v1.as_str());
+    assert_eq!(flow["status"]["state"], "running");
+    let sink = flow["nodes"].as_array().expect("nodes").iter().find(|n| n["node"] == "sink out (file)").cloned();
+    let sink = sink.unwrap_or_else(|| panic!("no sink in {flow}"));
+    assert_eq!(sink["events_out"], 3, "{flow}");
+    assert!(sink["at"].as_str().expect("at").ends_with("ingest.phx:3:1"), "{sink}");
+
+    // An invalid text: every diagnostic, nothing changed.
+    let broken = text_v1.replace("api | out", "api | where idd > 1 | outt");
+    let (status, answer) = api.json("PUT", "/api/v1/flows/ingest", Some(broken.as_bytes()));
+    assert_eq!(status, 400, "{answer}");
+    let diags = answer["diagnostics"].as_array().expect("diagnostics");
+    let errors: Vec<&Value> = diags.iter().filter(|d| d["severity"] == "error").collect();
+    assert_eq!(errors.len(), 2, "both errors, not just the first: {answer}");
+    assert!(errors.iter().all(|d| d["code"].as_str().is_some_and(|c| c.starts_with('E'))), "{answer}");
+    let at = |what: &str| {
+        let d = errors.iter().find(|d| d["message"].as_str().is_some_and(|m| m.contains(what)));
+        let d = d.unwrap_or_else(|| panic!("no error about {what}: {answer}"));
+        assert!(d["file"].as_str().is_some_and(|f| f.ends_with("ingest.phx")), "{d}");
+        (d["line"].as_u64(), d["column"].as_u64(), d["help"].as_str().unwrap_or_default().to_string())
+    };
+    let (line, column, help) = at("idd");
+    assert_eq!((line, column), (Some(4), Some(13)), "the column of `idd`");
+    assert!(help.contains("`id`"), "did you mean: {help}");
+    let (line, column, _) = at("outt");
+    assert_eq!((line, column), (Some(4), Some(23)), "the column of `outt`");
+    assert_eq!(std::fs::read_to_string(dir.join("flows/ingest.phx")).expect("flow"), text_v1);
+    post_events(port, 3..5);
+    assert_eq!(ids(&v1), [0, 1, 2, 3, 4], "the running flow is untouched");
+
+    // A valid text replaces the running flow: the old one drained, the new one on the same port.
+    let text_v2 = ingest(port, &v2);
+    let (status, answer) = api.json("PUT", "/api/v1/flows/ingest", Some(text_v2.as_bytes()));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"]["state"], "running");
+    api.until("the new flow listening", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    post_events(port, 5..7);
+    assert_eq!(ids(&v1), [0, 1, 2, 3, 4]);
+    assert_eq!(ids(&v2), [5, 6]);
+    assert_eq!(std::fs::read_to_string(dir.join("flows/ingest.phx")).expect("flow"), text_v2);
+    let (_, flow) = api.json("GET", "/api/v1/flows/ingest", None);
+    assert_eq!(flow["text"], text_v2.as_str());
+
+    // A new flow, as JSON; then deleted.
+    let other = "schema E { id: int }\nsource g = generate { count = 1 } as E\nsink s = stdout {}\ng | s\n";
+    let body = serde_json::to_vec(&serde_json::json!({"text": other})).expect("json");
+    let headers =
+        [format!("Authorization: Bearer {WRITE_KEY}"), "Content-Type: application/json; charset=utf-8".to_string()];
+    let (status, answer) = curl_with(&api.addr, "PUT", "/api/v1/flows/other", &headers, Some(&body));
+    assert_eq!(status, 201, "{answer}");
+    api.until("the generated event delivered", || {
+        api.json("GET", "/api/v1/flows/other", None).1["status"]["state"] == "finished"
+    });
+    let (_, list) = api.json("GET", "/api/v1/flows", None);
+    let names: Vec<&str> =
+        list["flows"].as_array().expect("flows").iter().map(|f| f["name"].as_str().expect("name")).collect();
+    assert_eq!(names, ["ingest", "other"]);
+    assert_eq!(api.json("DELETE", "/api/v1/flows/other", None).0, 204);
+    assert!(!dir.join("flows/other.phx").exists());
+    assert_eq!(api.json("GET", "/api/v1/flows/other", None).0, 404);
+    assert_eq!(api.json("DELETE", "/api/v1/flows/other", None).0, 404);
+
+    // Bad requests.
+    let (status, answer) = curl_with(&api.addr, "PUT", "/api/v1/flows/other", &headers, Some(b"{\"text\": \n  12,"));
+    assert_eq!(status, 400, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).expect("json");
+    assert_eq!((answer["line"].as_u64(), answer["column"].as_u64()), (Some(2), Some(4)), "{answer}");
+    let (status, answer) = api.json("PUT", "/api/v1/flows/big", Some(&vec![b' '; 2 << 20]));
+    assert_eq!(status, 413, "{answer}");
+    assert!(answer["error"].as_str().is_some_and(|e| e.contains("length limit")), "{answer}");
+    assert_eq!(api.json("GET", "/api/v1/flows/Not_A_Name", None).0, 400);
+    assert_eq!(api.json("PUT", "/api/v1/flows/bytes", Some(b"\xff\xfe")).0, 400);
+    assert!(!dir.join("flows/big.phx").exists() && !dir.join("flows/bytes.phx").exists());
+
+    // /metrics shows the running flow's nodes.
+    let (status, metrics) = curl(&api.addr, "GET", "/metrics", None, None);
+    assert_eq!(status, 200);
+    assert!(metrics.contains("phoenix_events_out_total{node=\"sink out (file)\""), "{metrics}");
+    api.stop();
+}
+
+#[test]
+fn every_api_route_needs_a_key_of_the_right_scope_and_the_key_file_is_re_read() {
+    let dir = setup("api-auth");
+    let api = Serve::start(&dir);
+    let flow = b"schema E { id: int }\nsource g = generate { count = 1 } as E\nsink s = stdout {}\ng | s\n";
+    let routes: [(&str, &str, Option<&[u8]>); 4] = [
+        ("GET", "/api/v1/flows", None),
+        ("GET", "/api/v1/flows/x", None),
+        ("PUT", "/api/v1/flows/x", Some(flow)),
+        ("DELETE", "/api/v1/flows/x", None),
+    ];
+    for (method, path, body) in routes {
+        let (status, answer) = api.call(None, method, path, body);
+        assert_eq!(status, 401, "{method} {path} without a key: {answer}");
+        assert_eq!(api.call(Some("wrong"), method, path, body).0, 401, "{method} {path} with a wrong key");
+        assert_eq!(api.call(Some(&WRITE_KEY[..WRITE_KEY.len() - 1]), method, path, body).0, 401, "a prefix");
+        let with_read = api.call(Some(READ_KEY), method, path, body).0;
+        if method == "GET" {
+            assert!(with_read == 200 || with_read == 404, "{method} {path} with the read key: {with_read}");
+        } else {
+            assert_eq!(with_read, 403, "{method} {path} with the read key");
+        }
+    }
+    assert!(!dir.join("flows/x.phx").exists(), "nothing was written without the write key");
+    assert_eq!(api.call(Some(WRITE_KEY), "PUT", "/api/v1/flows/x", Some(flow)).0, 201);
+    assert_eq!(api.call(Some(WRITE_KEY), "DELETE", "/api/v1/flows/x", None).0, 204);
+    // The operational endpoints stay open (probes and scrapers carry no key).
+    assert_eq!(curl(&api.addr, "GET", "/health", None, None).0, 200);
+
+    // A new key file takes effect without a restart; a broken one keeps the keys in force.
+    std::fs::write(dir.join("keys"), "rotated-key-0000 write\n").expect("keys");
+    api.until("the rotated key", || api.call(Some("rotated-key-0000"), "GET", "/api/v1/flows", None).0 == 200);
+    assert_eq!(api.call(Some(WRITE_KEY), "GET", "/api/v1/flows", None).0, 401, "the old key is gone");
+    std::fs::write(dir.join("keys"), "rotated-key-0000 admin\n").expect("keys");
+    api.until("the broken file noticed", || {
+        std::fs::read_to_string(dir.join("phoenix.log")).unwrap_or_default().contains("keeping the keys in force")
+    });
+    assert_eq!(api.call(Some("rotated-key-0000"), "GET", "/api/v1/flows", None).0, 200);
+    let log = std::fs::read_to_string(dir.join("phoenix.log")).unwrap_or_default();
+    assert!(!log.contains("rotated-key-0000"), "a key was logged:\n{log}");
+    api.stop();
+}
