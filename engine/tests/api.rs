@@ -22,7 +22,17 @@ struct Serve {
 }
 
 impl Serve {
+    /// Started, and `/ready`.
     fn start(dir: &Path) -> Serve {
+        let s = Serve::spawn(dir, &[]);
+        s.until("/ready", || {
+            std::net::TcpStream::connect(&s.addr).is_ok() && curl(&s.addr, "GET", "/ready", None, None).0 == 200
+        });
+        s
+    }
+
+    /// Started with `env`, not waited for.
+    fn spawn(dir: &Path, env: &[(&str, String)]) -> Serve {
         let addr = format!("127.0.0.1:{}", free_port());
         let log = std::fs::File::create(dir.join("phoenix.log")).expect("log");
         let child = phoenix()
@@ -31,15 +41,12 @@ impl Serve {
             .args(["--address", &addr, "--api-keys"])
             .arg(dir.join("keys"))
             .args(["--workers", "1"])
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start phoenix serve");
-        let s = Serve { addr, dir: dir.to_path_buf(), child: Guard::new(child) };
-        s.until("/ready", || {
-            std::net::TcpStream::connect(&s.addr).is_ok() && curl(&s.addr, "GET", "/ready", None, None).0 == 200
-        });
-        s
+        Serve { addr, dir: dir.to_path_buf(), child: Guard::new(child) }
     }
 
     fn call(&self, key: Option<&str>, method: &str, path: &str, body: Option<&[u8]>) -> (u16, String) {
@@ -210,11 +217,12 @@ fn every_api_route_needs_a_key_of_the_right_scope_and_the_key_file_is_re_read() 
     let dir = setup("api-auth");
     let api = Serve::start(&dir);
     let flow = b"schema E { id: int }\nsource g = generate { count = 1 } as E\nsink s = stdout {}\ng | s\n";
-    let routes: [(&str, &str, Option<&[u8]>); 4] = [
+    let routes: [(&str, &str, Option<&[u8]>); 5] = [
         ("GET", "/api/v1/flows", None),
         ("GET", "/api/v1/flows/x", None),
         ("PUT", "/api/v1/flows/x", Some(flow)),
         ("DELETE", "/api/v1/flows/x", None),
+        ("GET", "/api/v1/routes?type=order", None),
     ];
     for (method, path, body) in routes {
         let (status, answer) = api.call(None, method, path, body);
@@ -245,5 +253,95 @@ fn every_api_route_needs_a_key_of_the_right_scope_and_the_key_file_is_re_read() 
     assert_eq!(api.call(Some("rotated-key-0000"), "GET", "/api/v1/flows", None).0, 200);
     let log = std::fs::read_to_string(dir.join("phoenix.log")).unwrap_or_default();
     assert!(!log.contains("rotated-key-0000"), "a key was logged:\n{log}");
+    api.stop();
+}
+
+/// The commerce example as shipped: every arm an `order` can take, with the sinks it reaches and
+/// their configuration, settings shown by name only.
+#[test]
+fn routes_of_the_commerce_example_by_event_type() {
+    let dir = setup("api-routes");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    std::fs::copy(examples.join("commerce.phx"), dir.join("flows/commerce.phx")).expect("copy");
+    std::fs::create_dir_all(dir.join("flows/common")).expect("common");
+    for f in ["dead_letters.phx", "commerce_events.phx"] {
+        std::fs::copy(examples.join("common").join(f), dir.join("flows/common").join(f)).expect("copy");
+    }
+    // Everything the flow reaches is on 127.0.0.1; the brokers and Elasticsearch are closed
+    // ports (the routes do not need them).
+    let closed = free_port();
+    let secret_url = format!("http://127.0.0.1:{closed}/?token=s3cr3t");
+    let env = [
+        ("HTTP_ADDRESS", format!("127.0.0.1:{}", free_port())),
+        ("KAFKA_BROKERS", format!("127.0.0.1:{closed}")),
+        ("ES_URL", secret_url.clone()),
+        ("BATCH_FILES", dir.join("in/*.json").display().to_string()),
+        ("REJECTED_FILE", dir.join("rejected.jsonl").display().to_string()),
+        ("PHOENIX_DEAD_LETTERS", dir.join("dead.jsonl").display().to_string()),
+    ];
+    // Not ready (no broker): wait for the API instead.
+    let api = Serve::spawn(&dir, &env);
+    api.until("the API", || std::net::TcpStream::connect(&api.addr).is_ok());
+    let (status, flows) = api.json("GET", "/api/v1/flows", None);
+    assert_eq!(status, 200, "{flows}");
+    assert_eq!(flows["flows"].as_array().expect("flows").len(), 1, "common/ holds imports, not flows: {flows}");
+
+    let (status, answer) = api.call(Some(READ_KEY), "GET", "/api/v1/routes?type=order", None);
+    assert_eq!(status, 200, "{answer}");
+    assert!(!answer.contains("s3cr3t"), "a setting's value is shown: {answer}");
+    let v: Value = serde_json::from_str(&answer).expect("json");
+    let arms = v["routes"].as_array().expect("routes");
+    let summary: Vec<(String, String, String, Vec<String>)> = arms
+        .iter()
+        .map(|a| {
+            let sinks =
+                a["sinks"].as_array().expect("sinks").iter().map(|s| s["name"].as_str().expect("name").to_string());
+            let text = |k: &str| a[k].as_str().unwrap_or_else(|| panic!("{k} in {a}")).to_string();
+            (text("id"), text("condition"), text("match"), sinks.collect())
+        })
+        .collect();
+    let row = |id: &str, cond: &str, m: &str, sinks: &[&str]| {
+        (id.to_string(), cond.to_string(), m.to_string(), sinks.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    };
+    let bad_type = "when type not in ('product', 'order', 'supplier')";
+    assert_eq!(
+        summary,
+        [
+            row("commerce:141:3", bad_type, "conditional", &["rejected"]),
+            row("commerce:143:3", "else", "conditional", &[]),
+            row("commerce:148:3", bad_type, "conditional", &["rejected"]),
+            row("commerce:150:3", "else", "conditional", &[]),
+            row("commerce:162:3", "'order'", "exact", &["orders"]),
+            row("commerce:171:3", "'order'", "exact", &["orders"]),
+        ]
+    );
+    let order = &arms[4];
+    assert_eq!(order["key"], "type");
+    assert!(order["route"].as_str().is_some_and(|r| r.ends_with("commerce.phx:160:1")), "{order}");
+    // `topic` and `key` may be per-event expressions: shown as written.
+    assert_eq!(
+        order["sinks"][0],
+        serde_json::json!({"name": "orders", "connector": "kafka", "config": {
+            "brokers": "env(\"KAFKA_BROKERS\")", "topic": "\"orders\"", "key": "id", "compression": "lz4"
+        }})
+    );
+
+    // Without a type: every arm of the four routes; an unknown type takes the `else` arms.
+    let (_, all) = api.json("GET", "/api/v1/routes", None);
+    assert_eq!(all["routes"].as_array().expect("routes").len(), 16, "{all}");
+    let (_, unknown) = api.json("GET", "/api/v1/routes?type=refund&flow=commerce", None);
+    let exact: Vec<&Value> =
+        unknown["routes"].as_array().expect("routes").iter().filter(|a| a["match"] == "exact").collect();
+    assert_eq!(exact.len(), 2, "{unknown}");
+    assert!(exact.iter().all(|a| a["condition"] == "else" && a["sinks"][0]["name"] == "rejected"), "{unknown}");
+    let search = all["routes"]
+        .as_array()
+        .expect("routes")
+        .iter()
+        .flat_map(|a| a["sinks"].as_array().expect("sinks").iter())
+        .find(|s| s["name"] == "search");
+    assert!(search.is_none(), "search is fed by a pipeline, not by a route arm");
+    assert_eq!(api.json("GET", "/api/v1/routes?flow=nope", None).0, 404);
+    assert_eq!(api.json("GET", "/api/v1/routes?typo=order", None).0, 400);
     api.stop();
 }

@@ -13,9 +13,9 @@ use crate::options::Settings;
 use crate::run::{RunConfig, run};
 use crate::taskgraph::{TaskGraph, node_labels};
 use crate::{EngineCatalog, FsLoader};
-use phoenix_dsl::Loader;
 use phoenix_dsl::plan::Plan;
 use phoenix_dsl::span::SourceMap;
+use phoenix_dsl::{Compilation, Loader};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -119,8 +119,7 @@ impl Flows {
     /// Compile `text` as the flow `name`, its imports read beside the stored flows.
     pub fn compile(&self, name: &str, text: &str) -> Result<Compiled, Vec<ApiDiagnostic>> {
         let root = self.store.file_name(name);
-        let loader = TextLoader { root: root.clone(), text };
-        let c = phoenix_dsl::compile(&root, &loader, &*self.catalog);
+        let c = self.front_end(name, text);
         let diagnostics: Vec<ApiDiagnostic> = c
             .diagnostics
             .iter()
@@ -153,6 +152,13 @@ impl Flows {
                 help: None,
             }]),
         }
+    }
+
+    /// The front end of `phoenix check` on `text` as the flow `name`.
+    pub fn front_end(&self, name: &str, text: &str) -> Compilation {
+        let root = self.store.file_name(name);
+        let loader = TextLoader { root: root.clone(), text };
+        phoenix_dsl::compile(&root, &loader, &*self.catalog)
     }
 
     /// Start every stored flow (at start-up). A flow that does not compile is marked

@@ -11,6 +11,7 @@
 
 pub mod flows;
 pub mod keys;
+pub mod routes;
 pub mod store;
 
 use crate::api::flows::{ApiDiagnostic, Flows};
@@ -23,7 +24,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
@@ -100,6 +101,7 @@ pub fn router(flows: Arc<Flows>, keys: KeyFile) -> Router {
     Router::new()
         .route("/api/v1/flows", get(list_flows))
         .route("/api/v1/flows/{name}", get(get_flow).put(put_flow).delete(delete_flow))
+        .route("/api/v1/routes", get(list_routes))
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(api)
@@ -251,5 +253,94 @@ async fn delete_flow(State(api): State<Api>, Path(name): Path<String>) -> Respon
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => error(StatusCode::NOT_FOUND, format!("no flow named `{name}`")),
         Err(e) => store_error(e),
+    }
+}
+
+/// `GET /api/v1/routes[?type=T][&field=F][&flow=NAME]`: the route arms of every stored flow
+/// that compiles (or of one), only those an event whose field `F` (default `type`) is `T` can
+/// take when `type` is given.
+async fn list_routes(State(api): State<Api>, uri: Uri) -> Response {
+    let mut ty = None;
+    let mut field = "type".to_string();
+    let mut only = None;
+    for (k, v) in query_pairs(uri.query().unwrap_or("")) {
+        match k.as_str() {
+            "type" => ty = Some(v),
+            "field" => field = v,
+            "flow" => only = Some(v),
+            other => return error(StatusCode::BAD_REQUEST, format!("unknown query parameter `{other}`")),
+        }
+    }
+    let store = api.flows.store();
+    let names = match (&only, store.list()) {
+        (_, Err(e)) => return store_error(e),
+        (Some(f), Ok(names)) if !names.contains(f) => {
+            return error(StatusCode::NOT_FOUND, format!("no flow named `{f}`"));
+        }
+        (Some(f), Ok(_)) => vec![f.clone()],
+        (None, Ok(names)) => names,
+    };
+    let filter = ty.as_deref().map(|value| routes::TypeFilter { field: &field, value });
+    let mut arms = Vec::new();
+    for name in names {
+        let text = match store.get(&name) {
+            Ok(Some(t)) => t,
+            Ok(None) => continue,
+            Err(e) => return store_error(e),
+        };
+        let c = api.flows.front_end(&name, &text);
+        if let (false, Some(flow)) = (c.has_errors(), &c.flow) {
+            arms.extend(routes::arms(&name, flow, &c.sources, filter));
+        }
+    }
+    Json(json!({ "routes": arms })).into_response()
+}
+
+/// `a=1&b=x%20y` → pairs, percent-decoded (`+` is a space); a malformed escape is kept as is.
+fn query_pairs(query: &str) -> Vec<(String, String)> {
+    fn decode(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                },
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_pairs;
+
+    #[test]
+    fn query_strings_are_percent_decoded() {
+        let pairs = |q: &str| -> Vec<(String, String)> { query_pairs(q) };
+        let p = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(pairs("type=order&field=kind"), [p("type", "order"), p("field", "kind")]);
+        assert_eq!(pairs("type=User%20Created+x&&flag"), [p("type", "User Created x"), p("flag", "")]);
+        assert_eq!(pairs("a=%zz%4"), [p("a", "%zz%4")]);
+        assert_eq!(pairs("a=%C3%A9"), [p("a", "é")]);
+        assert_eq!(pairs(""), []);
     }
 }
