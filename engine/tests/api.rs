@@ -154,6 +154,7 @@ fn flows_are_listed_read_replaced_and_deleted() {
     };
     let (line, column, help) = at("idd");
     assert_eq!((line, column), (Some(4), Some(13)), "the column of `idd`");
+    assert!(errors.iter().any(|d| d["code"] == "E0020" && d["notes"].as_array().is_some_and(|n| !n.is_empty())));
     assert!(help.contains("`id`"), "did you mean: {help}");
     let (line, column, _) = at("outt");
     assert_eq!((line, column), (Some(4), Some(23)), "the column of `outt`");
@@ -344,4 +345,102 @@ fn routes_of_the_commerce_example_by_event_type() {
     assert_eq!(api.json("GET", "/api/v1/routes?flow=nope", None).0, 404);
     assert_eq!(api.json("GET", "/api/v1/routes?typo=order", None).0, 400);
     api.stop();
+}
+
+/// One POST over a fresh connection; `None` if the connection was refused or broke.
+fn post_raw(port: u16, body: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+    let request = format!(
+        "POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    answer.split(' ').nth(1)?.parse().ok()
+}
+
+/// Five replacements sent at once while a client keeps posting: they are applied one at a time
+/// (every PUT answered, the last text running, never two graphs on one port), and every event
+/// the `http` source acknowledged is in exactly one version's output.
+#[test]
+fn racing_replacements_are_serialised_and_lose_no_acknowledged_event() {
+    let dir = setup("api-race");
+    let port = free_port();
+    let out = |v: usize| dir.join(format!("out-{v}.jsonl"));
+    std::fs::write(dir.join("flows/ingest.phx"), ingest(port, &out(0))).expect("flow");
+    let api = Serve::start(&dir);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poster = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut acked, mut refused) = (Vec::new(), 0u32);
+            let mut id = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match post_raw(port, &format!("{{\"id\":{id}}}")) {
+                    Some(200) => acked.push(id),
+                    _ => {
+                        refused += 1;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+                id += 1;
+            }
+            (acked, refused)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let puts: Vec<_> = (1..=5)
+        .map(|v| {
+            let (addr, text) = (api.addr.clone(), ingest(port, &out(v)));
+            std::thread::spawn(move || {
+                let headers = [format!("Authorization: Bearer {WRITE_KEY}")];
+                curl_with(&addr, "PUT", "/api/v1/flows/ingest", &headers, Some(text.as_bytes()))
+            })
+        })
+        .collect();
+    for p in puts {
+        let (status, answer) = p.join().expect("put thread");
+        assert_eq!(status, 200, "{answer}");
+        let v: Value = serde_json::from_str(&answer).expect("json");
+        assert_eq!(v["status"]["state"], "running", "{answer}");
+    }
+    api.until("the last flow serving", || post_raw(port, "{\"id\":-1}") == Some(200));
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, refused) = poster.join().expect("poster");
+
+    let (_, flow) = api.json("GET", "/api/v1/flows/ingest", None);
+    let text = flow["text"].as_str().expect("text").to_string();
+    let last = (1..=5).find(|&v| text == ingest(port, &out(v))).expect("one of the texts PUT");
+    assert_eq!(flow["status"]["state"], "running", "{flow}");
+    assert!(lines(&out(last)).iter().any(|l| l == "{\"id\":-1}"), "the last flow wrote the marker");
+    let mut written: Vec<u64> = (0..=5).flat_map(|v| ids_signed(&out(v))).collect();
+    written.sort_unstable();
+    let before = written.len();
+    written.dedup();
+    assert_eq!(written.len(), before, "an event written twice");
+    let lost: Vec<&u64> = acked.iter().filter(|id| written.binary_search(id).is_err()).collect();
+    assert!(lost.is_empty(), "acknowledged but not written: {lost:?}");
+    eprintln!("{} events acknowledged, {refused} requests refused during 5 swaps", acked.len());
+    assert!(acked.len() > 10, "the client kept posting: {} acknowledged, {refused} refused", acked.len());
+    // The log shows the swaps one after the other: each drain before the next start.
+    let log = std::fs::read_to_string(dir.join("phoenix.log")).expect("log");
+    let events: Vec<&str> = log
+        .lines()
+        .filter_map(|l| ["draining the flow", "flow stopped", "flow started"].into_iter().find(|e| l.contains(e)))
+        .collect();
+    let expected: Vec<&str> = std::iter::once("flow started")
+        .chain((0..5).flat_map(|_| ["draining the flow", "flow stopped", "flow started"]))
+        .collect();
+    assert_eq!(events, expected, "{log}");
+    api.stop();
+}
+
+/// The ids of a file's events, the marker `-1` left out.
+fn ids_signed(path: &Path) -> Vec<u64> {
+    lines(path).iter().filter_map(|l| serde_json::from_str::<Value>(l).expect("json")["id"].as_u64()).collect()
 }

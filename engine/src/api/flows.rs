@@ -36,6 +36,8 @@ pub struct ApiDiagnostic {
     pub column: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub help: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// A flow that compiled: ready to run, with its warnings.
@@ -133,6 +135,7 @@ impl Flows {
                     line,
                     column,
                     help: d.help.clone(),
+                    notes: d.notes.clone(),
                 }
             })
             .collect();
@@ -150,6 +153,7 @@ impl Flows {
                 line: 1,
                 column: 1,
                 help: None,
+                notes: Vec::new(),
             }]),
         }
     }
