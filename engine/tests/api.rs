@@ -444,3 +444,41 @@ fn racing_replacements_are_serialised_and_lose_no_acknowledged_event() {
 fn ids_signed(path: &Path) -> Vec<u64> {
     lines(path).iter().filter_map(|l| serde_json::from_str::<Value>(l).expect("json")["id"].as_u64()).collect()
 }
+
+/// A flow that compiles but cannot start (its port is taken, its input missing) is answered
+/// with its failure; a file in the directory that does not compile is `invalid`, and the other
+/// flows run.
+#[test]
+fn flows_that_cannot_start_or_compile_are_reported() {
+    let dir = setup("api-failed");
+    std::fs::write(dir.join("flows/broken.phx"), "schema E { id: int }\nsource s = nowhere {} as E\n").expect("flow");
+    let api = Serve::start(&dir);
+    let (status, flow) = api.json("GET", "/api/v1/flows/broken", None);
+    assert_eq!(status, 200, "{flow}");
+    assert_eq!(flow["status"]["state"], "invalid", "{flow}");
+    assert!(flow["status"]["errors"].as_u64().is_some_and(|n| n >= 1), "{flow}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let text = ingest(port, &dir.join("out.jsonl"));
+    let (status, answer) = api.json("PUT", "/api/v1/flows/busy", Some(text.as_bytes()));
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(answer["status"]["state"], "failed", "{answer}");
+    let error = answer["status"]["error"].as_str().expect("error");
+    assert!(error.contains(&port.to_string()), "names the address: {error}");
+
+    assert_eq!(curl(&api.addr, "GET", "/ready", None, None).0, 200, "a failed flow does not hold up /ready");
+    let missing =
+        "schema E { id: int }\nsource f = file { path = \"/nonexistent/in.jsonl\" } as E\nsink s = stdout {}\nf | s\n";
+    let (status, answer) = api.json("PUT", "/api/v1/flows/missing", Some(missing.as_bytes()));
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(answer["status"]["state"], "failed", "{answer}");
+    // A failed flow can be replaced by one that runs.
+    drop(taken);
+    let (status, answer) = api.json("PUT", "/api/v1/flows/busy", Some(text.as_bytes()));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"]["state"], "running", "{answer}");
+    post_events(port, 0..2);
+    assert_eq!(ids(&dir.join("out.jsonl")), [0, 1]);
+    api.stop();
+}

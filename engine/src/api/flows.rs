@@ -23,6 +23,9 @@ use std::sync::{Arc, Mutex};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// How long a PUT waits for the new flow's connectors to be built before it answers.
+pub const START_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One diagnostic as the API reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ApiDiagnostic {
@@ -193,7 +196,24 @@ impl Flows {
         self.store.put(name, text)?;
         self.stop(name).await;
         self.start(name, compiled);
+        self.started(name).await;
         Ok(existed)
+    }
+
+    /// Wait until `name`'s connectors are built (or it failed), so the answer to a PUT can say
+    /// whether the new flow runs; at most [`START_WAIT`].
+    async fn started(&self, name: &str) {
+        let deadline = tokio::time::Instant::now() + START_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            let done = match self.running().get(name) {
+                Some(d) => d.readiness.waiting().is_some() || d.task.is_finished(),
+                None => true,
+            };
+            if done {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     /// Stop `name` (draining it) and forget it. `false` if there was no such flow.
@@ -251,6 +271,7 @@ impl Flows {
         let task = {
             let (catalog, metrics, store, current) =
                 (self.catalog.clone(), metrics.clone(), self.store.clone(), current.clone());
+            let (root, own) = (self.readiness.clone(), readiness.clone());
             let name = name.to_string();
             tokio::spawn(async move {
                 let outcome = run(graph, &catalog, metrics, config).await;
@@ -264,6 +285,9 @@ impl Flows {
                 if current.load(Ordering::Acquire) {
                     store.set_status(&name, status);
                 }
+                // A flow that ended (a failed one may never have registered its nodes) does
+                // not hold up `/ready` for the others.
+                root.remove_child(&own);
             })
         };
         tracing::info!(flow = %name, "flow started");

@@ -125,11 +125,7 @@ fn store_error(e: StoreError) -> Response {
 /// `Authorization: Bearer KEY` with a key of the scope the method needs (GET and HEAD read,
 /// everything else writes). The key itself is never logged.
 async fn authorize(State(api): State<Api>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-        .map(<[u8]>::trim_ascii);
+    let presented = request.headers().get(header::AUTHORIZATION).and_then(|v| bearer(v.as_bytes()));
     let Some(presented) = presented.filter(|p| !p.is_empty()) else {
         return unauthorized("an API key is needed: `Authorization: Bearer KEY`");
     };
@@ -139,6 +135,12 @@ async fn authorize(State(api): State<Api>, request: Request, next: Next) -> Resp
         Some(scope) if scope < needed => error(StatusCode::FORBIDDEN, "this API key may only read"),
         Some(_) => next.run(request).await,
     }
+}
+
+/// The credentials of `Bearer KEY` (the scheme in any case, RFC 9110 §11.1).
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(7)?;
+    scheme.eq_ignore_ascii_case(b"bearer ").then(|| rest.trim_ascii())
 }
 
 fn unauthorized(message: &str) -> Response {
@@ -331,7 +333,16 @@ fn query_pairs(query: &str) -> Vec<(String, String)> {
 
 #[cfg(test)]
 mod tests {
-    use super::query_pairs;
+    use super::{bearer, query_pairs};
+
+    #[test]
+    fn bearer_credentials() {
+        assert_eq!(bearer(b"Bearer k-1"), Some(&b"k-1"[..]));
+        assert_eq!(bearer(b"bearer  k-1 "), Some(&b"k-1"[..]));
+        assert_eq!(bearer(b"Basic k-1"), None);
+        assert_eq!(bearer(b"Bearer"), None);
+        assert_eq!(bearer(b"Bearerk-1"), None);
+    }
 
     #[test]
     fn query_strings_are_percent_decoded() {
