@@ -174,6 +174,8 @@ fn flows_are_listed_read_replaced_and_deleted() {
     assert_eq!(std::fs::read_to_string(dir.join("flows/ingest.phx")).expect("flow"), text_v2);
     let (_, flow) = api.json("GET", "/api/v1/flows/ingest", None);
     assert_eq!(flow["text"], text_v2.as_str());
+    let sink = flow["nodes"].as_array().expect("nodes").iter().find(|n| n["node"] == "sink out (file)").cloned();
+    assert_eq!(sink.expect("sink")["events_out"], 2, "counts of the new version: {flow}");
 
     // A new flow, as JSON; then deleted.
     let other = "schema E { id: int }\nsource g = generate { count = 1 } as E\nsink s = stdout {}\ng | s\n";
@@ -210,6 +212,7 @@ fn flows_are_listed_read_replaced_and_deleted() {
     let (status, metrics) = curl(&api.addr, "GET", "/metrics", None, None);
     assert_eq!(status, 200);
     assert!(metrics.contains("phoenix_events_out_total{node=\"sink out (file)\""), "{metrics}");
+    assert!(!metrics.contains("other.phx"), "a deleted flow leaves /metrics: {metrics}");
     api.stop();
 }
 

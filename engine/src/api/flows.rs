@@ -305,6 +305,7 @@ impl Flows {
             tracing::error!(flow = %name, "the flow task failed: {e}");
         }
         self.readiness.remove_child(&d.readiness);
+        d.metrics.forget();
         tracing::info!(flow = %name, "flow stopped");
         true
     }

@@ -71,6 +71,18 @@ impl Metrics {
         }
     }
 
+    /// Take this flow's nodes out of the shared registry (a flow of `phoenix serve` that was
+    /// replaced or deleted), so edited flows do not leave series behind. A sibling made later
+    /// with the same nodes starts from zero.
+    pub fn forget(&self) {
+        for n in &self.nodes {
+            let labels = NodeLabels { node: n.title.clone(), at: n.at.clone() };
+            self.families.iter().for_each(|f| {
+                f.remove(&labels);
+            });
+        }
+    }
+
     /// The Prometheus text exposition (of every sibling).
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -101,4 +113,31 @@ fn stats(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(title: &str, at: &str) -> (String, String) {
+        (title.to_string(), at.to_string())
+    }
+
+    #[test]
+    fn siblings_share_one_exposition_until_forgotten() {
+        let root = Metrics::new([]);
+        let a = root.sibling([node("sink out (file)", "a.phx:3:1")]);
+        let b = root.sibling([node("sink out (file)", "b.phx:3:1")]);
+        a.nodes[0].events_out.inc_by(2);
+        b.nodes[0].events_out.inc_by(5);
+        let text = root.render();
+        assert!(text.contains(r#"phoenix_events_out_total{node="sink out (file)",at="a.phx:3:1"} 2"#), "{text}");
+        assert!(text.contains(r#"phoenix_events_out_total{node="sink out (file)",at="b.phx:3:1"} 5"#), "{text}");
+        a.forget();
+        let text = root.render();
+        assert!(!text.contains("a.phx"), "{text}");
+        assert!(text.contains(r#"at="b.phx:3:1"} 5"#), "{text}");
+        let again = root.sibling([node("sink out (file)", "a.phx:3:1")]);
+        assert_eq!(again.nodes[0].events_out.get(), 0);
+    }
 }
