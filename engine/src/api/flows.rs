@@ -23,6 +23,16 @@ use std::sync::{Arc, Mutex};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// Why a flow could not be changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The process is draining its flows to exit: nothing starts any more.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
 /// How long a PUT waits for the new flow's connectors to be built before it answers.
 pub const START_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -85,6 +95,9 @@ pub struct Flows {
     workers: usize,
     settings: Settings,
     running: Mutex<HashMap<String, Deployed>>,
+    /// Set (under `changes`) when the process starts draining: later changes are refused, so
+    /// no flow starts after the drain and dies undrained at exit.
+    closing: AtomicBool,
     /// Held by every change (PUT, DELETE, shutdown), so changes to flows happen one at a time.
     changes: tokio::sync::Mutex<()>,
 }
@@ -105,6 +118,7 @@ impl Flows {
             workers,
             settings,
             running: Mutex::new(HashMap::new()),
+            closing: AtomicBool::new(false),
             changes: tokio::sync::Mutex::new(()),
         }
     }
@@ -190,8 +204,11 @@ impl Flows {
 
     /// Store and run `compiled` as `name`, draining the flow it replaces first. `true` if
     /// there was one.
-    pub async fn replace(&self, name: &str, text: &str, compiled: Compiled) -> Result<bool, StoreError> {
+    pub async fn replace(&self, name: &str, text: &str, compiled: Compiled) -> Result<bool, ChangeError> {
         let _change = self.changes.lock().await;
+        if self.closing.load(Ordering::Acquire) {
+            return Err(ChangeError::ShuttingDown);
+        }
         let existed = self.store.get(name)?.is_some();
         self.store.put(name, text)?;
         self.stop(name).await;
@@ -217,8 +234,11 @@ impl Flows {
     }
 
     /// Stop `name` (draining it) and forget it. `false` if there was no such flow.
-    pub async fn delete(&self, name: &str) -> Result<bool, StoreError> {
+    pub async fn delete(&self, name: &str) -> Result<bool, ChangeError> {
         let _change = self.changes.lock().await;
+        if self.closing.load(Ordering::Acquire) {
+            return Err(ChangeError::ShuttingDown);
+        }
         let was_running = self.stop(name).await;
         Ok(self.store.delete(name)? || was_running)
     }
@@ -226,6 +246,7 @@ impl Flows {
     /// Drain every flow (at shutdown), all at once.
     pub async fn stop_all(&self) {
         let _change = self.changes.lock().await;
+        self.closing.store(true, Ordering::Release);
         let names: Vec<String> = self.running().keys().cloned().collect();
         futures::future::join_all(names.iter().map(|n| self.stop(n))).await;
     }
@@ -323,5 +344,56 @@ impl Loader for TextLoader<'_> {
             return Ok((self.root.clone(), self.text.as_bytes().to_vec()));
         }
         FsLoader.load(path, from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::store::DirStore;
+
+    const FLOW: &str = "schema E { id: int }\nsource g = generate { count = 3 } as E\nsink s = stdout {}\ng | s\n";
+
+    fn flows(name: &str) -> (Flows, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("phoenix-flows-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let store = Arc::new(DirStore::open(&dir).expect("store"));
+        let flows = Flows::new(store, Arc::new(Metrics::new([])), Readiness::new(), 1, Settings::default());
+        (flows, dir)
+    }
+
+    #[tokio::test]
+    async fn a_flow_runs_to_its_end_and_nothing_changes_after_the_drain() {
+        let (flows, dir) = flows("closing");
+        let compiled = flows.compile("gen", FLOW).expect("compiles");
+        assert!(!flows.replace("gen", FLOW, compiled).await.expect("put"), "a new flow");
+        let finished = async {
+            while flows.store().status("gen") != Some(FlowStatus::Finished) {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(30), finished).await.expect("finished");
+        let counts = flows.counts("gen").expect("counts");
+        assert_eq!(counts.iter().find(|n| n.node == "sink s (stdout)").map(|n| n.events_out), Some(3), "{counts:?}");
+
+        flows.stop_all().await;
+        let compiled = flows.compile("late", FLOW).expect("compiles");
+        assert!(matches!(flows.replace("late", FLOW, compiled).await, Err(ChangeError::ShuttingDown)));
+        assert!(matches!(flows.delete("gen").await, Err(ChangeError::ShuttingDown)));
+        assert!(!dir.join("late.phx").exists(), "nothing stored once closing");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn imports_are_read_beside_the_stored_flows() {
+        let (flows, dir) = flows("imports");
+        std::fs::write(dir.join("shared.phx"), "schema E { id: int }\n").expect("write");
+        let text = "import \"shared.phx\"\nsource g = generate { count = 1 } as E\nsink s = stdout {}\ng | s\n";
+        assert!(flows.compile("uses", text).is_ok());
+        let errors = flows.compile("uses", "import \"missing.phx\"\n").expect_err("errors");
+        assert!(errors[0].message.contains("missing.phx"), "{errors:?}");
+        assert_eq!((errors[0].line, errors[0].column), (1, 8));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -14,7 +14,7 @@ pub mod keys;
 pub mod routes;
 pub mod store;
 
-use crate::api::flows::{ApiDiagnostic, Flows};
+use crate::api::flows::{ApiDiagnostic, ChangeError, Flows};
 use crate::api::keys::{KeyFile, Scope};
 use crate::api::store::{FlowStore, StoreError, check_name};
 use crate::observability::metrics::Metrics;
@@ -110,6 +110,13 @@ pub fn router(flows: Arc<Flows>, keys: KeyFile) -> Router {
 /// A JSON error answer: `{"error": message}`.
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
+}
+
+fn change_error(e: ChangeError) -> Response {
+    match e {
+        ChangeError::Store(e) => store_error(e),
+        ChangeError::ShuttingDown => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
 }
 
 fn store_error(e: StoreError) -> Response {
@@ -233,7 +240,7 @@ async fn put_flow(
             let answer = json!({"name": name, "status": api.flows.store().status(&name), "warnings": warnings});
             (status, Json(answer)).into_response()
         }
-        Err(e) => store_error(e),
+        Err(e) => change_error(e),
     }
 }
 
@@ -254,7 +261,7 @@ async fn delete_flow(State(api): State<Api>, Path(name): Path<String>) -> Respon
     match api.flows.delete(&name).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => error(StatusCode::NOT_FOUND, format!("no flow named `{name}`")),
-        Err(e) => store_error(e),
+        Err(e) => change_error(e),
     }
 }
 
