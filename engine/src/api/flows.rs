@@ -187,6 +187,10 @@ impl Flows {
     pub async fn start_all(&self) -> Result<(), StoreError> {
         let _change = self.changes.lock().await;
         for name in self.store.list()? {
+            // Put through the API before this took the lock (the API is served meanwhile).
+            if self.running().contains_key(&name) {
+                continue;
+            }
             let Some(text) = self.store.get(&name)? else { continue };
             match self.compile(&name, &text) {
                 Ok(compiled) => self.start(&name, compiled),

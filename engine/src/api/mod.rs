@@ -70,14 +70,18 @@ pub async fn serve(
     let health = Health::new();
     let flows =
         Arc::new(Flows::new(config.store, metrics.clone(), health.readiness(), config.workers, config.settings));
-    flows.start_all().await?;
-    health.readiness().started();
     let app = server::router(metrics, health.clone()).merge(router(flows.clone(), config.keys));
     let served = CancellationToken::new();
     let server = {
         let stop = served.clone();
         tokio::spawn(server::serve_router(listener, app, async move { stop.cancelled().await }))
     };
+    // Serving first: `/health` answers (and `/ready` says `starting`) while the flows start.
+    if let Err(e) = flows.start_all().await {
+        served.cancel();
+        return Err(e.into());
+    }
+    health.readiness().started();
     shutdown.await;
     tracing::info!("stopping: draining every flow");
     health.set_draining();
