@@ -485,3 +485,48 @@ fn flows_that_cannot_start_or_compile_are_reported() {
     assert_eq!(ids(&dir.join("out.jsonl")), [0, 1]);
     api.stop();
 }
+
+/// The API from Python `requests`: headers curl's helper does not show (`WWW-Authenticate`, the
+/// JSON content type), the scheme in lower case, a JSON body, HEAD.
+#[test]
+fn a_python_requests_client() {
+    let dir = setup("api-python");
+    let api = Serve::start(&dir);
+    let script = r#"
+import os, requests
+base = "http://" + os.environ["ADDR"] + "/api/v1"
+w = {"Authorization": "Bearer " + os.environ["WRITE_KEY"]}
+r = requests.get(base + "/flows")
+assert r.status_code == 401, r.status_code
+assert r.headers["WWW-Authenticate"] == "Bearer", r.headers
+assert r.headers["Content-Type"] == "application/json", r.headers
+assert "API key" in r.json()["error"], r.text
+flow = "schema E { id: int }\nsource g = generate { count = 2 } as E\nsink s = stdout {}\ng | s\n"
+r = requests.put(base + "/flows/py", json={"text": flow}, headers={"authorization": "bearer " + os.environ["WRITE_KEY"]})
+assert r.status_code == 201, (r.status_code, r.text)
+r = requests.get(base + "/flows/py", headers=w)
+assert r.status_code == 200 and r.json()["text"] == flow, r.text
+r = requests.head(base + "/flows/py", headers={"Authorization": "Bearer " + os.environ["READ_KEY"]})
+assert r.status_code == 200, r.status_code
+r = requests.put(base + "/flows/py", data="{", headers=dict(w, **{"Content-Type": "application/json"}))
+assert r.status_code == 400 and r.json()["line"] == 1 and r.json()["column"] == 1, r.text
+r = requests.delete(base + "/flows/py", headers=w)
+assert r.status_code == 204, r.status_code
+print("ok")
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .env("ADDR", &api.addr)
+        .env("READ_KEY", READ_KEY)
+        .env("WRITE_KEY", WRITE_KEY)
+        .env("NO_PROXY", "*")
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    api.stop();
+}
