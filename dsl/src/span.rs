@@ -74,11 +74,17 @@ impl SourceMap {
 
     /// `file:line:column` (1-based) of a span's start, for runtime messages.
     pub fn location(&self, span: Span) -> String {
+        let (line, col) = self.line_column(span);
+        format!("{}:{line}:{col}", self.get(span.file).name)
+    }
+
+    /// The 1-based line and column (in characters) of a span's start.
+    pub fn line_column(&self, span: Span) -> (usize, usize) {
         let f = self.get(span.file);
         let start = span.start as usize;
         let line = f.line_starts.partition_point(|&s| s <= start).max(1);
         let col = f.text.get(f.line_starts[line - 1]..start).map_or(1, |t| t.chars().count() + 1);
-        format!("{}:{line}:{col}", f.name)
+        (line, col)
     }
 
     /// The text a span covers.

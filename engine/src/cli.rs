@@ -91,6 +91,31 @@ enum Command {
         #[arg(short, long, action = clap::ArgAction::Count)]
         verbose: u8,
     },
+    /// Run every flow in a directory and serve the control-plane API (`/api/v1`: flows
+    /// created, replaced and deleted at run time) beside /health, /ready and /metrics.
+    Serve {
+        /// The flows: every `NAME.phx` here runs as the flow NAME; the API stores flows here.
+        #[arg(long, default_value = ".", env = "PHOENIX_FLOWS")]
+        flows: std::path::PathBuf,
+        /// Where to serve the API, /health, /ready and /metrics.
+        #[arg(long, default_value = "127.0.0.1:8080", env = "PHOENIX_ADDRESS")]
+        address: String,
+        /// API keys, one `KEY read|write` a line; re-read when it changes. Without it every
+        /// /api/v1 call is refused.
+        #[arg(long, value_name = "FILE", env = "PHOENIX_API_KEYS")]
+        api_keys: Option<std::path::PathBuf>,
+        /// `NAME=value` answers `env("NAME")` in every flow.
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+        /// Decode-and-process tasks per source of each flow (default: one per core, less one).
+        #[arg(long)]
+        workers: Option<usize>,
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+        /// More logging (-v debug, -vv trace); `RUST_LOG` overrides.
+        #[arg(short, long, action = clap::ArgAction::Count)]
+        verbose: u8,
+    },
     /// Run the `test` blocks of flow files and report like `cargo test`.
     Test {
         #[arg(required = true)]
@@ -377,6 +402,10 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
             config.settings = settings;
             let progress = !no_progress && std::io::stderr().is_terminal();
             runtime()?.block_on(run_flow(plan, sources, catalog, config, &metrics_address, progress))
+        }
+        Command::Serve { flows, address, api_keys, set, workers, log_format, verbose } => {
+            logging::init(log_format, verbose);
+            runtime()?.block_on(serve(flows, &address, api_keys, &set, workers))
         }
         Command::Test { flows, filter } => {
             let rt = runtime()?;
@@ -668,6 +697,43 @@ async fn run_flow(
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+async fn serve(
+    flows: std::path::PathBuf,
+    address: &str,
+    api_keys: Option<std::path::PathBuf>,
+    set: &[String],
+    workers: Option<usize>,
+) -> anyhow::Result<ExitCode> {
+    use crate::api::{self, keys::KeyFile, store::DirStore};
+    let store = Arc::new(DirStore::open(&flows)?);
+    let keys = match &api_keys {
+        Some(path) => {
+            let keys = KeyFile::load(path)?;
+            tokio::spawn(keys.clone().watch(api::KEY_POLL));
+            keys
+        }
+        None => {
+            tracing::warn!("no --api-keys: every /api/v1 call will be refused");
+            KeyFile::none()
+        }
+    };
+    let settings = Settings::parse(set).map_err(anyhow::Error::msg)?;
+    let config = api::Config { store, keys, workers: workers.unwrap_or_else(default_workers), settings };
+    let listener = server::bind(address).await?;
+    tracing::info!(address = %listener.local_addr()?, flows = %flows.display(), "serving /api/v1, /health, /ready and /metrics");
+    let stop = async {
+        wait_for_signal().await;
+        // A second signal exits at once, as `phoenix run` does.
+        tokio::spawn(async {
+            wait_for_signal().await;
+            tracing::warn!("second signal: exiting without draining");
+            std::process::exit(130);
+        });
+    };
+    api::serve(listener, config, stop).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn wait_for_signal() {

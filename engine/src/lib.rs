@@ -1,6 +1,7 @@
 //! The Phoenix engine: everything that does I/O — the compiler from plan to task graph, the
 //! data path, the connectors, what a running flow reports, the benchmarks and the `phoenix`
 //! command line.
+pub mod api;
 pub mod bench;
 pub mod catalog;
 pub mod cli;

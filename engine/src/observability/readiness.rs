@@ -44,6 +44,9 @@ struct State {
     /// Every node is registered: until then the flow is starting.
     started: bool,
     nodes: Vec<(String, Connected)>,
+    /// The flows of `phoenix serve`, each with its own readiness: a flow that is replaced or
+    /// deleted takes its nodes with it.
+    children: Vec<Readiness>,
 }
 
 impl Readiness {
@@ -67,10 +70,31 @@ impl Readiness {
         self.lock().started = true;
     }
 
-    /// `None` while the flow is starting; else the nodes not connected yet, in flow order.
+    /// `None` while the flow (or a child) is starting; else the nodes not connected yet, in
+    /// flow order, then the children's.
     pub fn waiting(&self) -> Option<Vec<String>> {
-        let s = self.lock();
-        s.started.then(|| s.nodes.iter().filter(|(_, f)| !f.is_set()).map(|(n, _)| n.clone()).collect())
+        let (mut waiting, children) = {
+            let s = self.lock();
+            if !s.started {
+                return None;
+            }
+            let own: Vec<String> = s.nodes.iter().filter(|(_, f)| !f.is_set()).map(|(n, _)| n.clone()).collect();
+            (own, s.children.clone())
+        };
+        for child in children {
+            waiting.extend(child.waiting()?);
+        }
+        Some(waiting)
+    }
+
+    /// Make `child`'s nodes part of this readiness (a flow of `phoenix serve`).
+    pub fn add_child(&self, child: Readiness) {
+        self.lock().children.push(child);
+    }
+
+    /// Forget a child added with [`add_child`](Self::add_child).
+    pub fn remove_child(&self, child: &Readiness) {
+        self.lock().children.retain(|c| !Arc::ptr_eq(&c.inner, &child.inner));
     }
 }
 
@@ -152,6 +176,24 @@ mod tests {
         a.set();
         a.set();
         assert_eq!(r.waiting(), Some(vec!["sink b (kafka)".to_string()]));
+    }
+
+    #[test]
+    fn children_are_waited_for_until_removed() {
+        let root = Readiness::new();
+        root.started();
+        assert_eq!(root.waiting(), Some(vec![]));
+        let flow = Readiness::new();
+        let a = flow.register("source a (kafka)");
+        root.add_child(flow.clone());
+        assert_eq!(root.waiting(), None, "a child that is starting makes the whole starting");
+        flow.started();
+        assert_eq!(root.waiting(), Some(vec!["source a (kafka)".to_string()]));
+        root.remove_child(&flow);
+        assert_eq!(root.waiting(), Some(vec![]));
+        root.add_child(flow);
+        a.set();
+        assert_eq!(root.waiting(), Some(vec![]));
     }
 
     #[test]

@@ -112,6 +112,15 @@ pub async fn serve(
     health: Health,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    serve_router(listener, router(metrics, health), shutdown).await
+}
+
+/// [`serve`] with any router (`phoenix serve` adds the control-plane API to [`router`]).
+pub async fn serve_router(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     let stopping = CancellationToken::new();
     let signal = {
         let stopping = stopping.clone();
@@ -120,7 +129,7 @@ pub async fn serve(
             stopping.cancel();
         }
     };
-    let server = axum::serve(listener, router(metrics, health)).with_graceful_shutdown(signal).into_future();
+    let server = axum::serve(listener, router).with_graceful_shutdown(signal).into_future();
     // Graceful shutdown waits for every open connection; a stuck client must not hold the
     // process, so the wait is bounded.
     let deadline = async {
@@ -139,7 +148,8 @@ struct AppState {
     health: Health,
 }
 
-fn router(metrics: Arc<Metrics>, health: Health) -> Router {
+/// `/`, `/health`, `/ready`, `/metrics`, and 404 for anything else.
+pub fn router(metrics: Arc<Metrics>, health: Health) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/health", get(health_check))

@@ -179,11 +179,17 @@ pub fn signal(child: &Child, sig: &str) {
 
 /// One request with the real curl, to 127.0.0.1 only (`--noproxy`): status and body.
 pub fn curl(addr: &str, method: &str, path: &str, content_type: Option<&str>, body: Option<&[u8]>) -> (u16, String) {
+    let headers: Vec<String> = content_type.map(|t| format!("Content-Type: {t}")).into_iter().collect();
+    curl_with(addr, method, path, &headers, body)
+}
+
+/// [`curl`] with any request headers (`Authorization: Bearer KEY`).
+pub fn curl_with(addr: &str, method: &str, path: &str, headers: &[String], body: Option<&[u8]>) -> (u16, String) {
     use std::io::Write;
     let mut c = Command::new("/usr/bin/curl");
     c.args(["-sS", "--noproxy", "*", "--max-time", "120", "-X", method, "-w", "\n%{http_code}"]);
-    if let Some(t) = content_type {
-        c.args(["-H", &format!("Content-Type: {t}")]);
+    for h in headers {
+        c.args(["-H", h]);
     }
     if body.is_some() {
         c.args(["--data-binary", "@-"]);

@@ -1,0 +1,403 @@
+//! The flows `phoenix serve` runs: each stored flow compiled by the same front end as
+//! `phoenix check` and run as `phoenix run` runs it, replaced or stopped on request.
+//!
+//! A replacement is break-before-make for now: the old graph drains exactly as on SIGTERM
+//! (sources stop, every event in flight is written and acknowledged), then the new one starts.
+//! Nothing acknowledged is lost, but a source is not read during the swap; building the new
+//! graph before draining the old (make-before-break) is the next step.
+
+use crate::api::store::{FlowStatus, FlowStore, StoreError};
+use crate::observability::metrics::Metrics;
+use crate::observability::readiness::Readiness;
+use crate::options::Settings;
+use crate::run::{RunConfig, run};
+use crate::taskgraph::{TaskGraph, node_labels};
+use crate::{EngineCatalog, FsLoader};
+use phoenix_dsl::plan::Plan;
+use phoenix_dsl::span::SourceMap;
+use phoenix_dsl::{Compilation, Loader};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Why a flow could not be changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The process is draining its flows to exit: nothing starts any more.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+/// How long a PUT waits for the new flow's connectors to be built before it answers.
+pub const START_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One diagnostic as the API reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiDiagnostic {
+    pub code: String,
+    /// `error` or `warning`.
+    pub severity: &'static str,
+    pub message: String,
+    /// The file it points into: the flow itself, or a file it imports.
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub help: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// A flow that compiled: ready to run, with its warnings.
+#[derive(Debug)]
+pub struct Compiled {
+    plan: Plan,
+    sources: SourceMap,
+    pub warnings: Vec<ApiDiagnostic>,
+}
+
+/// A flow's counters, as `GET /api/v1/flows/{name}` shows them.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeCounts {
+    pub node: String,
+    pub at: String,
+    pub events_in: u64,
+    pub events_out: u64,
+    pub errors: u64,
+}
+
+/// A running (or ended) flow of this process.
+#[derive(Debug)]
+struct Deployed {
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+    /// Cleared before the flow is stopped on purpose, so its ending does not overwrite the
+    /// status of whatever replaced it.
+    current: Arc<AtomicBool>,
+}
+
+/// The flows of one process over a [`FlowStore`].
+#[derive(Debug)]
+pub struct Flows {
+    store: Arc<dyn FlowStore>,
+    catalog: Arc<EngineCatalog>,
+    /// Every flow's counters are siblings of these, so `/metrics` shows them all.
+    metrics: Arc<Metrics>,
+    /// Every flow's readiness is a child of this one (`/ready`).
+    readiness: Readiness,
+    workers: usize,
+    settings: Settings,
+    running: Mutex<HashMap<String, Deployed>>,
+    /// Set (under `changes`) when the process starts draining: later changes are refused, so
+    /// no flow starts after the drain and dies undrained at exit.
+    closing: AtomicBool,
+    /// Held by every change (PUT, DELETE, shutdown), so changes to flows happen one at a time.
+    changes: tokio::sync::Mutex<()>,
+}
+
+impl Flows {
+    pub fn new(
+        store: Arc<dyn FlowStore>,
+        metrics: Arc<Metrics>,
+        readiness: Readiness,
+        workers: usize,
+        settings: Settings,
+    ) -> Flows {
+        Flows {
+            store,
+            catalog: Arc::new(EngineCatalog::new()),
+            metrics,
+            readiness,
+            workers,
+            settings,
+            running: Mutex::new(HashMap::new()),
+            closing: AtomicBool::new(false),
+            changes: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn store(&self) -> &dyn FlowStore {
+        &*self.store
+    }
+
+    pub fn catalog(&self) -> &EngineCatalog {
+        &self.catalog
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Deployed>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Compile `text` as the flow `name`, its imports read beside the stored flows.
+    pub fn compile(&self, name: &str, text: &str) -> Result<Compiled, Vec<ApiDiagnostic>> {
+        let root = self.store.file_name(name);
+        let c = self.front_end(name, text);
+        let diagnostics: Vec<ApiDiagnostic> = c
+            .diagnostics
+            .iter()
+            .map(|d| {
+                let (line, column) = c.sources.line_column(d.span());
+                ApiDiagnostic {
+                    code: d.code.as_str().to_string(),
+                    severity: if d.is_error() { "error" } else { "warning" },
+                    message: d.message.clone(),
+                    file: c.sources.get(d.span().file).name.clone(),
+                    line,
+                    column,
+                    help: d.help.clone(),
+                    notes: d.notes.clone(),
+                }
+            })
+            .collect();
+        if c.has_errors() {
+            return Err(diagnostics);
+        }
+        match c.plan(&*self.catalog) {
+            Some(plan) => Ok(Compiled { plan, sources: c.sources, warnings: diagnostics }),
+            // Lowering a flow the checker accepted does not fail; say so if it ever does.
+            None => Err(vec![ApiDiagnostic {
+                code: "internal".into(),
+                severity: "error",
+                message: "the flow checked but could not be planned".into(),
+                file: root,
+                line: 1,
+                column: 1,
+                help: None,
+                notes: Vec::new(),
+            }]),
+        }
+    }
+
+    /// The front end of `phoenix check` on `text` as the flow `name`.
+    pub fn front_end(&self, name: &str, text: &str) -> Compilation {
+        let root = self.store.file_name(name);
+        let loader = TextLoader { root: root.clone(), text };
+        phoenix_dsl::compile(&root, &loader, &*self.catalog)
+    }
+
+    /// Start every stored flow (at start-up). A flow that does not compile is marked
+    /// [`FlowStatus::Invalid`] and its diagnostics logged.
+    pub async fn start_all(&self) -> Result<(), StoreError> {
+        let _change = self.changes.lock().await;
+        for name in self.store.list()? {
+            // Put through the API before this took the lock (the API is served meanwhile).
+            if self.running().contains_key(&name) {
+                continue;
+            }
+            let Some(text) = self.store.get(&name)? else { continue };
+            match self.compile(&name, &text) {
+                Ok(compiled) => self.start(&name, compiled),
+                Err(diagnostics) => {
+                    let errors: Vec<_> = diagnostics.iter().filter(|d| d.severity == "error").collect();
+                    for d in &errors {
+                        tracing::error!(flow = %name, "{}:{}:{}: {} {}", d.file, d.line, d.column, d.code, d.message);
+                    }
+                    self.store.set_status(&name, FlowStatus::Invalid { errors: errors.len() });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Store and run `compiled` as `name`, draining the flow it replaces first. `true` if
+    /// there was one.
+    pub async fn replace(&self, name: &str, text: &str, compiled: Compiled) -> Result<bool, ChangeError> {
+        let _change = self.changes.lock().await;
+        if self.closing.load(Ordering::Acquire) {
+            return Err(ChangeError::ShuttingDown);
+        }
+        let existed = self.store.get(name)?.is_some();
+        self.store.put(name, text)?;
+        self.stop(name).await;
+        self.start(name, compiled);
+        self.started(name).await;
+        Ok(existed)
+    }
+
+    /// Wait until `name`'s connectors are built (or it failed), so the answer to a PUT can say
+    /// whether the new flow runs; at most [`START_WAIT`].
+    async fn started(&self, name: &str) {
+        let deadline = tokio::time::Instant::now() + START_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            let done = match self.running().get(name) {
+                Some(d) => d.readiness.waiting().is_some() || d.task.is_finished(),
+                None => true,
+            };
+            if done {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stop `name` (draining it) and forget it. `false` if there was no such flow.
+    pub async fn delete(&self, name: &str) -> Result<bool, ChangeError> {
+        let _change = self.changes.lock().await;
+        if self.closing.load(Ordering::Acquire) {
+            return Err(ChangeError::ShuttingDown);
+        }
+        let was_running = self.stop(name).await;
+        Ok(self.store.delete(name)? || was_running)
+    }
+
+    /// Drain every flow (at shutdown), all at once.
+    pub async fn stop_all(&self) {
+        let _change = self.changes.lock().await;
+        self.closing.store(true, Ordering::Release);
+        let names: Vec<String> = self.running().keys().cloned().collect();
+        futures::future::join_all(names.iter().map(|n| self.stop(n))).await;
+    }
+
+    /// The counters of `name`'s nodes, if it has run in this process.
+    pub fn counts(&self, name: &str) -> Option<Vec<NodeCounts>> {
+        let running = self.running();
+        let d = running.get(name)?;
+        Some(
+            d.metrics
+                .nodes
+                .iter()
+                .map(|n| NodeCounts {
+                    node: n.title.clone(),
+                    at: n.at.clone(),
+                    events_in: n.events_in.get(),
+                    events_out: n.events_out.get(),
+                    errors: n.errors.get(),
+                })
+                .collect(),
+        )
+    }
+
+    fn start(&self, name: &str, compiled: Compiled) {
+        let Compiled { plan, sources, .. } = compiled;
+        let metrics = Arc::new(self.metrics.sibling(node_labels(&plan, &sources)));
+        let graph = match TaskGraph::build(&plan, &sources, &metrics) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(flow = %name, "{e}");
+                self.store.set_status(name, FlowStatus::Failed { error: e.to_string() });
+                return;
+            }
+        };
+        let readiness = Readiness::new();
+        self.readiness.add_child(readiness.clone());
+        let mut config = RunConfig::new(self.workers);
+        config.settings = self.settings.clone();
+        config.readiness = readiness.clone();
+        let shutdown = config.shutdown.clone();
+        let current = Arc::new(AtomicBool::new(true));
+        self.store.set_status(name, FlowStatus::Running);
+        let task = {
+            let (catalog, metrics, store, current) =
+                (self.catalog.clone(), metrics.clone(), self.store.clone(), current.clone());
+            let (root, own) = (self.readiness.clone(), readiness.clone());
+            let name = name.to_string();
+            tokio::spawn(async move {
+                let outcome = run(graph, &catalog, metrics, config).await;
+                let status = match outcome {
+                    Ok(()) => FlowStatus::Finished,
+                    Err(e) => {
+                        tracing::error!(flow = %name, "{e}");
+                        FlowStatus::Failed { error: e.to_string() }
+                    }
+                };
+                if current.load(Ordering::Acquire) {
+                    store.set_status(&name, status);
+                }
+                // A flow that ended (a failed one may never have registered its nodes) does
+                // not hold up `/ready` for the others.
+                root.remove_child(&own);
+            })
+        };
+        tracing::info!(flow = %name, "flow started");
+        self.running().insert(name.to_string(), Deployed { shutdown, task, metrics, readiness, current });
+    }
+
+    /// Drain `name` as on SIGTERM and wait until it has stopped; `false` if it was not running.
+    async fn stop(&self, name: &str) -> bool {
+        let Some(d) = self.running().remove(name) else { return false };
+        d.current.store(false, Ordering::Release);
+        self.store.set_status(name, FlowStatus::Draining);
+        tracing::info!(flow = %name, "draining the flow");
+        d.shutdown.cancel();
+        if let Err(e) = d.task.await {
+            tracing::error!(flow = %name, "the flow task failed: {e}");
+        }
+        self.readiness.remove_child(&d.readiness);
+        d.metrics.forget();
+        tracing::info!(flow = %name, "flow stopped");
+        true
+    }
+}
+
+/// The flow's root file from memory (a text not yet stored), its imports from disk.
+struct TextLoader<'a> {
+    root: String,
+    text: &'a str,
+}
+
+impl Loader for TextLoader<'_> {
+    fn load(&self, path: &str, from: Option<&str>) -> Result<(String, Vec<u8>), String> {
+        if from.is_none() && path == self.root {
+            return Ok((self.root.clone(), self.text.as_bytes().to_vec()));
+        }
+        FsLoader.load(path, from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::store::DirStore;
+
+    const FLOW: &str = "schema E { id: int }\nsource g = generate { count = 3 } as E\nsink s = stdout {}\ng | s\n";
+
+    fn flows(name: &str) -> (Flows, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("phoenix-flows-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let store = Arc::new(DirStore::open(&dir).expect("store"));
+        let flows = Flows::new(store, Arc::new(Metrics::new([])), Readiness::new(), 1, Settings::default());
+        (flows, dir)
+    }
+
+    #[tokio::test]
+    async fn a_flow_runs_to_its_end_and_nothing_changes_after_the_drain() {
+        let (flows, dir) = flows("closing");
+        let compiled = flows.compile("gen", FLOW).expect("compiles");
+        assert!(!flows.replace("gen", FLOW, compiled).await.expect("put"), "a new flow");
+        let finished = async {
+            while flows.store().status("gen") != Some(FlowStatus::Finished) {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(30), finished).await.expect("finished");
+        let counts = flows.counts("gen").expect("counts");
+        assert_eq!(counts.iter().find(|n| n.node == "sink s (stdout)").map(|n| n.events_out), Some(3), "{counts:?}");
+
+        flows.stop_all().await;
+        let compiled = flows.compile("late", FLOW).expect("compiles");
+        assert!(matches!(flows.replace("late", FLOW, compiled).await, Err(ChangeError::ShuttingDown)));
+        assert!(matches!(flows.delete("gen").await, Err(ChangeError::ShuttingDown)));
+        assert!(!dir.join("late.phx").exists(), "nothing stored once closing");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn imports_are_read_beside_the_stored_flows() {
+        let (flows, dir) = flows("imports");
+        std::fs::write(dir.join("shared.phx"), "schema E { id: int }\n").expect("write");
+        let text = "import \"shared.phx\"\nsource g = generate { count = 1 } as E\nsink s = stdout {}\ng | s\n";
+        assert!(flows.compile("uses", text).is_ok());
+        let errors = flows.compile("uses", "import \"missing.phx\"\n").expect_err("errors");
+        assert!(errors[0].message.contains("missing.phx"), "{errors:?}");
+        assert_eq!((errors[0].line, errors[0].column), (1, 8));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,368 @@
+//! The control plane: `phoenix serve` runs named flows and serves `/api/v1` beside `/health`,
+//! `/ready` and `/metrics` (docs/api.md is the reference).
+//!
+//! - [`store`] — where flow texts live ([`FlowStore`]; a directory here, PhoenixFlow
+//!   resources on a cluster).
+//! - [`flows`] — the running flows: compile, start, replace, stop.
+//! - [`keys`] — API keys and their scopes, re-read when the file changes.
+//!
+//! Like the metrics server, binding is the caller's and serving takes a shutdown future, so
+//! tests bind port 0 and stop it when they like.
+
+pub mod flows;
+pub mod keys;
+pub mod routes;
+pub mod store;
+
+use crate::api::flows::{ApiDiagnostic, ChangeError, Flows};
+use crate::api::keys::{KeyFile, Scope};
+use crate::api::store::{FlowStore, StoreError, check_name};
+use crate::observability::metrics::Metrics;
+use crate::observability::server::{self, Health, ServerError};
+use crate::options::Settings;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use serde_json::json;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The largest request body the API reads (a flow text); larger ones get 413.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// How often the key file's modification time is looked at.
+pub const KEY_POLL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+}
+
+/// What `phoenix serve` needs besides its listener.
+#[derive(Debug)]
+pub struct Config {
+    pub store: Arc<dyn FlowStore>,
+    pub keys: KeyFile,
+    /// Decode-and-process tasks per source of each flow.
+    pub workers: usize,
+    pub settings: Settings,
+}
+
+/// Start the stored flows, serve the API and the operational endpoints on `listener` until
+/// `shutdown` resolves, then drain every flow (as `phoenix run` does on SIGTERM) and return.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ApiError> {
+    let metrics = Arc::new(Metrics::new([]));
+    let health = Health::new();
+    let flows =
+        Arc::new(Flows::new(config.store, metrics.clone(), health.readiness(), config.workers, config.settings));
+    let app = server::router(metrics, health.clone()).merge(router(flows.clone(), config.keys));
+    let served = CancellationToken::new();
+    let server = {
+        let stop = served.clone();
+        tokio::spawn(server::serve_router(listener, app, async move { stop.cancelled().await }))
+    };
+    // Serving first: `/health` answers (and `/ready` says `starting`) while the flows start.
+    if let Err(e) = flows.start_all().await {
+        served.cancel();
+        return Err(e.into());
+    }
+    health.readiness().started();
+    shutdown.await;
+    tracing::info!("stopping: draining every flow");
+    health.set_draining();
+    flows.stop_all().await;
+    served.cancel();
+    match server.await {
+        Ok(r) => r.map_err(ApiError::from),
+        Err(e) => Err(ApiError::Server(ServerError::Serve(std::io::Error::other(e)))),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Api {
+    flows: Arc<Flows>,
+    keys: KeyFile,
+}
+
+/// `/api/v1`, every route behind [`authorize`].
+pub fn router(flows: Arc<Flows>, keys: KeyFile) -> Router {
+    let api = Api { flows, keys };
+    Router::new()
+        .route("/api/v1/flows", get(list_flows))
+        .route("/api/v1/flows/{name}", get(get_flow).put(put_flow).delete(delete_flow))
+        .route("/api/v1/routes", get(list_routes))
+        .route_layer(middleware::from_fn_with_state(api.clone(), authorize))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(api)
+}
+
+/// A JSON error answer: `{"error": message}`.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into()}))).into_response()
+}
+
+fn change_error(e: ChangeError) -> Response {
+    match e {
+        ChangeError::Store(e) => store_error(e),
+        ChangeError::ShuttingDown => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+fn store_error(e: StoreError) -> Response {
+    match e {
+        StoreError::BadName(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        StoreError::Io { .. } => {
+            tracing::error!("{e}");
+            error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+    }
+}
+
+/// `Authorization: Bearer KEY` with a key of the scope the method needs (GET and HEAD read,
+/// everything else writes). The key itself is never logged.
+async fn authorize(State(api): State<Api>, request: Request, next: Next) -> Response {
+    let presented = request.headers().get(header::AUTHORIZATION).and_then(|v| bearer(v.as_bytes()));
+    let Some(presented) = presented.filter(|p| !p.is_empty()) else {
+        return unauthorized("an API key is needed: `Authorization: Bearer KEY`");
+    };
+    let needed = if matches!(*request.method(), Method::GET | Method::HEAD) { Scope::Read } else { Scope::Write };
+    match api.keys.scope(presented) {
+        None => unauthorized("the API key is not valid"),
+        Some(scope) if scope < needed => error(StatusCode::FORBIDDEN, "this API key may only read"),
+        Some(_) => next.run(request).await,
+    }
+}
+
+/// The credentials of `Bearer KEY` (the scheme in any case, RFC 9110 §11.1).
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(7)?;
+    scheme.eq_ignore_ascii_case(b"bearer ").then(|| rest.trim_ascii())
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut r = error(StatusCode::UNAUTHORIZED, message);
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    r
+}
+
+async fn list_flows(State(api): State<Api>) -> Response {
+    let store = api.flows.store();
+    let names = match store.list() {
+        Ok(n) => n,
+        Err(e) => return store_error(e),
+    };
+    let flows: Vec<_> = names.iter().map(|n| json!({"name": n, "status": store.status(n)})).collect();
+    Json(json!({ "flows": flows })).into_response()
+}
+
+async fn get_flow(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    if let Err(e) = check_name(&name) {
+        return store_error(e);
+    }
+    let store = api.flows.store();
+    match store.get(&name) {
+        Ok(Some(text)) => Json(json!({
+            "name": name,
+            "text": text,
+            "status": store.status(&name),
+            "nodes": api.flows.counts(&name).unwrap_or_default(),
+        }))
+        .into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no flow named `{name}`")),
+        Err(e) => store_error(e),
+    }
+}
+
+/// The flow text of a PUT: the body as it is, or `{"text": "..."}` when it is JSON.
+fn flow_text(headers: &HeaderMap, body: &[u8]) -> Result<String, Response> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
+    if json {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Body {
+            text: String,
+        }
+        return serde_json::from_slice::<Body>(body).map(|b| b.text).map_err(|e| {
+            let answer = json!({
+                "error": format!("malformed JSON: {e}"),
+                "line": e.line(),
+                "column": e.column(),
+            });
+            (StatusCode::BAD_REQUEST, Json(answer)).into_response()
+        });
+    }
+    String::from_utf8(body.to_vec()).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        error(StatusCode::BAD_REQUEST, format!("the flow text is not UTF-8 (byte {at})"))
+    })
+}
+
+async fn put_flow(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Err(e) = check_name(&name) {
+        return store_error(e);
+    }
+    // Over `MAX_BODY` (413) or cut short: answered as JSON like every other error.
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return error(e.status(), e.body_text()),
+    };
+    let text = match flow_text(&headers, &body) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let compiled = match api.flows.compile(&name, &text) {
+        Ok(c) => c,
+        Err(diagnostics) => return invalid(&name, diagnostics),
+    };
+    let warnings = compiled.warnings.clone();
+    match api.flows.replace(&name, &text, compiled).await {
+        Ok(existed) => {
+            let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+            let answer = json!({"name": name, "status": api.flows.store().status(&name), "warnings": warnings});
+            (status, Json(answer)).into_response()
+        }
+        Err(e) => change_error(e),
+    }
+}
+
+/// 400 with every diagnostic; the running flow is untouched.
+fn invalid(name: &str, diagnostics: Vec<ApiDiagnostic>) -> Response {
+    let errors = diagnostics.iter().filter(|d| d.severity == "error").count();
+    let answer = json!({
+        "error": format!("the flow `{name}` has {errors} error{}", if errors == 1 { "" } else { "s" }),
+        "diagnostics": diagnostics,
+    });
+    (StatusCode::BAD_REQUEST, Json(answer)).into_response()
+}
+
+async fn delete_flow(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    if let Err(e) = check_name(&name) {
+        return store_error(e);
+    }
+    match api.flows.delete(&name).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => error(StatusCode::NOT_FOUND, format!("no flow named `{name}`")),
+        Err(e) => change_error(e),
+    }
+}
+
+/// `GET /api/v1/routes[?type=T][&field=F][&flow=NAME]`: the route arms of every stored flow
+/// that compiles (or of one), only those an event whose field `F` (default `type`) is `T` can
+/// take when `type` is given.
+async fn list_routes(State(api): State<Api>, uri: Uri) -> Response {
+    let mut ty = None;
+    let mut field = "type".to_string();
+    let mut only = None;
+    for (k, v) in query_pairs(uri.query().unwrap_or("")) {
+        match k.as_str() {
+            "type" => ty = Some(v),
+            "field" => field = v,
+            "flow" => only = Some(v),
+            other => return error(StatusCode::BAD_REQUEST, format!("unknown query parameter `{other}`")),
+        }
+    }
+    let store = api.flows.store();
+    let names = match (&only, store.list()) {
+        (_, Err(e)) => return store_error(e),
+        (Some(f), Ok(names)) if !names.contains(f) => {
+            return error(StatusCode::NOT_FOUND, format!("no flow named `{f}`"));
+        }
+        (Some(f), Ok(_)) => vec![f.clone()],
+        (None, Ok(names)) => names,
+    };
+    let filter = ty.as_deref().map(|value| routes::TypeFilter { field: &field, value });
+    let mut arms = Vec::new();
+    for name in names {
+        let text = match store.get(&name) {
+            Ok(Some(t)) => t,
+            Ok(None) => continue,
+            Err(e) => return store_error(e),
+        };
+        let c = api.flows.front_end(&name, &text);
+        if let (false, Some(flow)) = (c.has_errors(), &c.flow) {
+            arms.extend(routes::arms(&name, flow, &c.sources, filter));
+        }
+    }
+    Json(json!({ "routes": arms })).into_response()
+}
+
+/// `a=1&b=x%20y` → pairs, percent-decoded (`+` is a space); a malformed escape is kept as is.
+fn query_pairs(query: &str) -> Vec<(String, String)> {
+    fn decode(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                },
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{bearer, query_pairs};
+
+    #[test]
+    fn bearer_credentials() {
+        assert_eq!(bearer(b"Bearer k-1"), Some(&b"k-1"[..]));
+        assert_eq!(bearer(b"bearer  k-1 "), Some(&b"k-1"[..]));
+        assert_eq!(bearer(b"Basic k-1"), None);
+        assert_eq!(bearer(b"Bearer"), None);
+        assert_eq!(bearer(b"Bearerk-1"), None);
+    }
+
+    #[test]
+    fn query_strings_are_percent_decoded() {
+        let pairs = |q: &str| -> Vec<(String, String)> { query_pairs(q) };
+        let p = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(pairs("type=order&field=kind"), [p("type", "order"), p("field", "kind")]);
+        assert_eq!(pairs("type=User%20Created+x&&flag"), [p("type", "User Created x"), p("flag", "")]);
+        assert_eq!(pairs("a=%zz%4"), [p("a", "%zz%4")]);
+        assert_eq!(pairs("a=%C3%A9"), [p("a", "é")]);
+        assert_eq!(pairs(""), []);
+    }
+}

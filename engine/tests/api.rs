@@ -1,0 +1,532 @@
+//! The control-plane API as a user meets it: `phoenix serve` started as a process, called with
+//! the real `curl` on 127.0.0.1.
+//!
+//! `cargo test -p phoenix-engine --test api`
+
+mod support;
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use support::{Guard, curl, curl_with, free_port, lines, phoenix, signal, temp, wait};
+
+const READ_KEY: &str = "r3ad-0123456789";
+const WRITE_KEY: &str = "wr1te-0123456789";
+
+/// `phoenix serve` on a free port over `dir/flows`, with `dir/keys`; its log in `dir/phoenix.log`.
+struct Serve {
+    addr: String,
+    dir: PathBuf,
+    child: Guard,
+}
+
+impl Serve {
+    /// Started, and `/ready`.
+    fn start(dir: &Path) -> Serve {
+        let s = Serve::spawn(dir, &[]);
+        s.until("/ready", || {
+            std::net::TcpStream::connect(&s.addr).is_ok() && curl(&s.addr, "GET", "/ready", None, None).0 == 200
+        });
+        s
+    }
+
+    /// Started with `env`, not waited for.
+    fn spawn(dir: &Path, env: &[(&str, String)]) -> Serve {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(dir.join("phoenix.log")).expect("log");
+        let child = phoenix()
+            .args(["serve", "--flows"])
+            .arg(dir.join("flows"))
+            .args(["--address", &addr, "--api-keys"])
+            .arg(dir.join("keys"))
+            .args(["--workers", "1"])
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start phoenix serve");
+        Serve { addr, dir: dir.to_path_buf(), child: Guard::new(child) }
+    }
+
+    fn call(&self, key: Option<&str>, method: &str, path: &str, body: Option<&[u8]>) -> (u16, String) {
+        let headers: Vec<String> = key.map(|k| format!("Authorization: Bearer {k}")).into_iter().collect();
+        curl_with(&self.addr, method, path, &headers, body)
+    }
+
+    /// A call with the write key; the answer as JSON (`Null` for an empty body).
+    fn json(&self, method: &str, path: &str, body: Option<&[u8]>) -> (u16, Value) {
+        let (status, text) = self.call(Some(WRITE_KEY), method, path, body);
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+        };
+        (status, v)
+    }
+
+    fn until(&self, what: &str, mut f: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !f() {
+            if start.elapsed() > Duration::from_secs(60) {
+                let log = std::fs::read_to_string(self.dir.join("phoenix.log")).unwrap_or_default();
+                panic!("timed out waiting for {what}; phoenix.log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM: every flow drains, exit 0.
+    fn stop(self) {
+        signal(self.child.child(), "-TERM");
+        let out = wait(self.child.take(), Duration::from_secs(60));
+        let log = std::fs::read_to_string(self.dir.join("phoenix.log")).unwrap_or_default();
+        assert!(out.status.success(), "exit {:?}:\n{log}", out.status);
+        for key in [READ_KEY, WRITE_KEY] {
+            assert!(!log.contains(key), "a key was logged:\n{log}");
+        }
+    }
+}
+
+fn setup(name: &str) -> PathBuf {
+    let dir = temp(name);
+    std::fs::create_dir_all(dir.join("flows")).expect("flows dir");
+    std::fs::write(dir.join("keys"), format!("# test keys\n{READ_KEY} read\n{WRITE_KEY} write\n")).expect("keys");
+    dir
+}
+
+/// An `http` source on `port` into the file `out`.
+fn ingest(port: u16, out: &Path) -> String {
+    format!(
+        "schema E {{ id: int }}\n\
+         source api = http {{ address = \"127.0.0.1:{port}\", path = \"/events\" }} as E\n\
+         sink out = file {{ path = \"{}\" }}\n\
+         api | out\n",
+        out.display()
+    )
+}
+
+fn post_events(port: u16, ids: std::ops::Range<u32>) {
+    let body: String = ids.map(|i| format!("{{\"id\":{i}}}\n")).collect();
+    let (status, answer) = curl(&format!("127.0.0.1:{port}"), "POST", "/events", None, Some(body.as_bytes()));
+    assert_eq!(status, 200, "{answer}");
+}
+
+fn ids(path: &Path) -> Vec<u64> {
+    lines(path).iter().map(|l| serde_json::from_str::<Value>(l).expect("json")["id"].as_u64().expect("id")).collect()
+}
+
+#[test]
+fn flows_are_listed_read_replaced_and_deleted() {
+    let dir = setup("api-crud");
+    let port = free_port();
+    let (v1, v2) = (dir.join("out-v1.jsonl"), dir.join("out-v2.jsonl"));
+    let text_v1 = ingest(port, &v1);
+    std::fs::write(dir.join("flows/ingest.phx"), &text_v1).expect("flow");
+    let api = Serve::start(&dir);
+
+    let (status, list) = api.json("GET", "/api/v1/flows", None);
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["flows"], serde_json::json!([{"name": "ingest", "status": {"state": "running"}}]));
+    post_events(port, 0..3);
+    let (status, flow) = api.json("GET", "/api/v1/flows/ingest", None);
+    assert_eq!(status, 200, "{flow}");
+    assert_eq!(flow["text"], text_v1.as_str());
+    assert_eq!(flow["status"]["state"], "running");
+    let sink = flow["nodes"].as_array().expect("nodes").iter().find(|n| n["node"] == "sink out (file)").cloned();
+    let sink = sink.unwrap_or_else(|| panic!("no sink in {flow}"));
+    assert_eq!(sink["events_out"], 3, "{flow}");
+    assert!(sink["at"].as_str().expect("at").ends_with("ingest.phx:3:1"), "{sink}");
+
+    // An invalid text: every diagnostic, nothing changed.
+    let broken = text_v1.replace("api | out", "api | where idd > 1 | outt");
+    let (status, answer) = api.json("PUT", "/api/v1/flows/ingest", Some(broken.as_bytes()));
+    assert_eq!(status, 400, "{answer}");
+    let diags = answer["diagnostics"].as_array().expect("diagnostics");
+    let errors: Vec<&Value> = diags.iter().filter(|d| d["severity"] == "error").collect();
+    assert_eq!(errors.len(), 2, "both errors, not just the first: {answer}");
+    assert!(errors.iter().all(|d| d["code"].as_str().is_some_and(|c| c.starts_with('E'))), "{answer}");
+    let at = |what: &str| {
+        let d = errors.iter().find(|d| d["message"].as_str().is_some_and(|m| m.contains(what)));
+        let d = d.unwrap_or_else(|| panic!("no error about {what}: {answer}"));
+        assert!(d["file"].as_str().is_some_and(|f| f.ends_with("ingest.phx")), "{d}");
+        (d["line"].as_u64(), d["column"].as_u64(), d["help"].as_str().unwrap_or_default().to_string())
+    };
+    let (line, column, help) = at("idd");
+    assert_eq!((line, column), (Some(4), Some(13)), "the column of `idd`");
+    assert!(errors.iter().any(|d| d["code"] == "E0020" && d["notes"].as_array().is_some_and(|n| !n.is_empty())));
+    assert!(help.contains("`id`"), "did you mean: {help}");
+    let (line, column, _) = at("outt");
+    assert_eq!((line, column), (Some(4), Some(23)), "the column of `outt`");
+    assert_eq!(std::fs::read_to_string(dir.join("flows/ingest.phx")).expect("flow"), text_v1);
+    post_events(port, 3..5);
+    assert_eq!(ids(&v1), [0, 1, 2, 3, 4], "the running flow is untouched");
+
+    // A valid text replaces the running flow: the old one drained, the new one on the same port.
+    let text_v2 = ingest(port, &v2);
+    let (status, answer) = api.json("PUT", "/api/v1/flows/ingest", Some(text_v2.as_bytes()));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"]["state"], "running");
+    api.until("the new flow listening", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    post_events(port, 5..7);
+    assert_eq!(ids(&v1), [0, 1, 2, 3, 4]);
+    assert_eq!(ids(&v2), [5, 6]);
+    assert_eq!(std::fs::read_to_string(dir.join("flows/ingest.phx")).expect("flow"), text_v2);
+    let (_, flow) = api.json("GET", "/api/v1/flows/ingest", None);
+    assert_eq!(flow["text"], text_v2.as_str());
+    let sink = flow["nodes"].as_array().expect("nodes").iter().find(|n| n["node"] == "sink out (file)").cloned();
+    assert_eq!(sink.expect("sink")["events_out"], 2, "counts of the new version: {flow}");
+
+    // A new flow, as JSON; then deleted.
+    let other = "schema E { id: int }\nsource g = generate { count = 1 } as E\nsink s = stdout {}\ng | s\n";
+    let body = serde_json::to_vec(&serde_json::json!({"text": other})).expect("json");
+    let headers =
+        [format!("Authorization: Bearer {WRITE_KEY}"), "Content-Type: application/json; charset=utf-8".to_string()];
+    let (status, answer) = curl_with(&api.addr, "PUT", "/api/v1/flows/other", &headers, Some(&body));
+    assert_eq!(status, 201, "{answer}");
+    api.until("the generated event delivered", || {
+        api.json("GET", "/api/v1/flows/other", None).1["status"]["state"] == "finished"
+    });
+    let (_, list) = api.json("GET", "/api/v1/flows", None);
+    let names: Vec<&str> =
+        list["flows"].as_array().expect("flows").iter().map(|f| f["name"].as_str().expect("name")).collect();
+    assert_eq!(names, ["ingest", "other"]);
+    assert_eq!(api.json("DELETE", "/api/v1/flows/other", None).0, 204);
+    assert!(!dir.join("flows/other.phx").exists());
+    assert_eq!(api.json("GET", "/api/v1/flows/other", None).0, 404);
+    assert_eq!(api.json("DELETE", "/api/v1/flows/other", None).0, 404);
+
+    // Bad requests.
+    let (status, answer) = curl_with(&api.addr, "PUT", "/api/v1/flows/other", &headers, Some(b"{\"text\": \n  12,"));
+    assert_eq!(status, 400, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).expect("json");
+    assert_eq!((answer["line"].as_u64(), answer["column"].as_u64()), (Some(2), Some(4)), "{answer}");
+    let (status, answer) = api.json("PUT", "/api/v1/flows/big", Some(&vec![b' '; 2 << 20]));
+    assert_eq!(status, 413, "{answer}");
+    assert!(answer["error"].as_str().is_some_and(|e| e.contains("length limit")), "{answer}");
+    assert_eq!(api.json("GET", "/api/v1/flows/Not_A_Name", None).0, 400);
+    assert_eq!(api.json("PUT", "/api/v1/flows/bytes", Some(b"\xff\xfe")).0, 400);
+    assert!(!dir.join("flows/big.phx").exists() && !dir.join("flows/bytes.phx").exists());
+
+    // /metrics shows the running flow's nodes.
+    let (status, metrics) = curl(&api.addr, "GET", "/metrics", None, None);
+    assert_eq!(status, 200);
+    assert!(metrics.contains("phoenix_events_out_total{node=\"sink out (file)\""), "{metrics}");
+    assert!(!metrics.contains("other.phx"), "a deleted flow leaves /metrics: {metrics}");
+    api.stop();
+}
+
+#[test]
+fn every_api_route_needs_a_key_of_the_right_scope_and_the_key_file_is_re_read() {
+    let dir = setup("api-auth");
+    let api = Serve::start(&dir);
+    let flow = b"schema E { id: int }\nsource g = generate { count = 1 } as E\nsink s = stdout {}\ng | s\n";
+    let routes: [(&str, &str, Option<&[u8]>); 5] = [
+        ("GET", "/api/v1/flows", None),
+        ("GET", "/api/v1/flows/x", None),
+        ("PUT", "/api/v1/flows/x", Some(flow)),
+        ("DELETE", "/api/v1/flows/x", None),
+        ("GET", "/api/v1/routes?type=order", None),
+    ];
+    for (method, path, body) in routes {
+        let (status, answer) = api.call(None, method, path, body);
+        assert_eq!(status, 401, "{method} {path} without a key: {answer}");
+        assert_eq!(api.call(Some("wrong"), method, path, body).0, 401, "{method} {path} with a wrong key");
+        assert_eq!(api.call(Some(&WRITE_KEY[..WRITE_KEY.len() - 1]), method, path, body).0, 401, "a prefix");
+        let with_read = api.call(Some(READ_KEY), method, path, body).0;
+        if method == "GET" {
+            assert!(with_read == 200 || with_read == 404, "{method} {path} with the read key: {with_read}");
+        } else {
+            assert_eq!(with_read, 403, "{method} {path} with the read key");
+        }
+    }
+    assert!(!dir.join("flows/x.phx").exists(), "nothing was written without the write key");
+    assert_eq!(api.call(Some(WRITE_KEY), "PUT", "/api/v1/flows/x", Some(flow)).0, 201);
+    assert_eq!(api.call(Some(WRITE_KEY), "DELETE", "/api/v1/flows/x", None).0, 204);
+    // The operational endpoints stay open (probes and scrapers carry no key).
+    assert_eq!(curl(&api.addr, "GET", "/health", None, None).0, 200);
+
+    // A new key file takes effect without a restart; a broken one keeps the keys in force.
+    std::fs::write(dir.join("keys"), "rotated-key-0000 write\n").expect("keys");
+    api.until("the rotated key", || api.call(Some("rotated-key-0000"), "GET", "/api/v1/flows", None).0 == 200);
+    assert_eq!(api.call(Some(WRITE_KEY), "GET", "/api/v1/flows", None).0, 401, "the old key is gone");
+    std::fs::write(dir.join("keys"), "rotated-key-0000 admin\n").expect("keys");
+    api.until("the broken file noticed", || {
+        std::fs::read_to_string(dir.join("phoenix.log")).unwrap_or_default().contains("keeping the keys in force")
+    });
+    assert_eq!(api.call(Some("rotated-key-0000"), "GET", "/api/v1/flows", None).0, 200);
+    let log = std::fs::read_to_string(dir.join("phoenix.log")).unwrap_or_default();
+    assert!(!log.contains("rotated-key-0000"), "a key was logged:\n{log}");
+    api.stop();
+}
+
+/// The commerce example as shipped: every arm an `order` can take, with the sinks it reaches and
+/// their configuration, settings shown by name only.
+#[test]
+fn routes_of_the_commerce_example_by_event_type() {
+    let dir = setup("api-routes");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    std::fs::copy(examples.join("commerce.phx"), dir.join("flows/commerce.phx")).expect("copy");
+    std::fs::create_dir_all(dir.join("flows/common")).expect("common");
+    for f in ["dead_letters.phx", "commerce_events.phx"] {
+        std::fs::copy(examples.join("common").join(f), dir.join("flows/common").join(f)).expect("copy");
+    }
+    // Everything the flow reaches is on 127.0.0.1; the brokers and Elasticsearch are closed
+    // ports (the routes do not need them).
+    let closed = free_port();
+    let secret_url = format!("http://127.0.0.1:{closed}/?token=s3cr3t");
+    let env = [
+        ("HTTP_ADDRESS", format!("127.0.0.1:{}", free_port())),
+        ("KAFKA_BROKERS", format!("127.0.0.1:{closed}")),
+        ("ES_URL", secret_url.clone()),
+        ("BATCH_FILES", dir.join("in/*.json").display().to_string()),
+        ("REJECTED_FILE", dir.join("rejected.jsonl").display().to_string()),
+        ("PHOENIX_DEAD_LETTERS", dir.join("dead.jsonl").display().to_string()),
+    ];
+    // Not ready (no broker): wait for the API instead.
+    let api = Serve::spawn(&dir, &env);
+    api.until("the API", || std::net::TcpStream::connect(&api.addr).is_ok());
+    let (status, flows) = api.json("GET", "/api/v1/flows", None);
+    assert_eq!(status, 200, "{flows}");
+    assert_eq!(flows["flows"].as_array().expect("flows").len(), 1, "common/ holds imports, not flows: {flows}");
+
+    let (status, answer) = api.call(Some(READ_KEY), "GET", "/api/v1/routes?type=order", None);
+    assert_eq!(status, 200, "{answer}");
+    assert!(!answer.contains("s3cr3t"), "a setting's value is shown: {answer}");
+    let v: Value = serde_json::from_str(&answer).expect("json");
+    let arms = v["routes"].as_array().expect("routes");
+    let summary: Vec<(String, String, String, Vec<String>)> = arms
+        .iter()
+        .map(|a| {
+            let sinks =
+                a["sinks"].as_array().expect("sinks").iter().map(|s| s["name"].as_str().expect("name").to_string());
+            let text = |k: &str| a[k].as_str().unwrap_or_else(|| panic!("{k} in {a}")).to_string();
+            (text("id"), text("condition"), text("match"), sinks.collect())
+        })
+        .collect();
+    let row = |id: &str, cond: &str, m: &str, sinks: &[&str]| {
+        (id.to_string(), cond.to_string(), m.to_string(), sinks.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    };
+    let bad_type = "when type not in ('product', 'order', 'supplier')";
+    assert_eq!(
+        summary,
+        [
+            row("commerce:141:3", bad_type, "conditional", &["rejected"]),
+            row("commerce:143:3", "else", "conditional", &[]),
+            row("commerce:148:3", bad_type, "conditional", &["rejected"]),
+            row("commerce:150:3", "else", "conditional", &[]),
+            row("commerce:162:3", "'order'", "exact", &["orders"]),
+            row("commerce:171:3", "'order'", "exact", &["orders"]),
+        ]
+    );
+    let order = &arms[4];
+    assert_eq!(order["key"], "type");
+    assert!(order["route"].as_str().is_some_and(|r| r.ends_with("commerce.phx:160:1")), "{order}");
+    // `topic` and `key` may be per-event expressions: shown as written.
+    assert_eq!(
+        order["sinks"][0],
+        serde_json::json!({"name": "orders", "connector": "kafka", "config": {
+            "brokers": "env(\"KAFKA_BROKERS\")", "topic": "\"orders\"", "key": "id", "compression": "lz4"
+        }})
+    );
+
+    // Without a type: every arm of the four routes; an unknown type takes the `else` arms.
+    let (_, all) = api.json("GET", "/api/v1/routes", None);
+    assert_eq!(all["routes"].as_array().expect("routes").len(), 16, "{all}");
+    let (_, unknown) = api.json("GET", "/api/v1/routes?type=refund&flow=commerce", None);
+    let exact: Vec<&Value> =
+        unknown["routes"].as_array().expect("routes").iter().filter(|a| a["match"] == "exact").collect();
+    assert_eq!(exact.len(), 2, "{unknown}");
+    assert!(exact.iter().all(|a| a["condition"] == "else" && a["sinks"][0]["name"] == "rejected"), "{unknown}");
+    let search = all["routes"]
+        .as_array()
+        .expect("routes")
+        .iter()
+        .flat_map(|a| a["sinks"].as_array().expect("sinks").iter())
+        .find(|s| s["name"] == "search");
+    assert!(search.is_none(), "search is fed by a pipeline, not by a route arm");
+    assert_eq!(api.json("GET", "/api/v1/routes?flow=nope", None).0, 404);
+    assert_eq!(api.json("GET", "/api/v1/routes?typo=order", None).0, 400);
+    api.stop();
+}
+
+/// One POST over a fresh connection; `None` if the connection was refused or broke.
+fn post_raw(port: u16, body: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+    let request = format!(
+        "POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    answer.split(' ').nth(1)?.parse().ok()
+}
+
+/// Five replacements sent at once while a client keeps posting: they are applied one at a time
+/// (every PUT answered, the last text running, never two graphs on one port), and every event
+/// the `http` source acknowledged is in exactly one version's output.
+#[test]
+fn racing_replacements_are_serialised_and_lose_no_acknowledged_event() {
+    let dir = setup("api-race");
+    let port = free_port();
+    let out = |v: usize| dir.join(format!("out-{v}.jsonl"));
+    std::fs::write(dir.join("flows/ingest.phx"), ingest(port, &out(0))).expect("flow");
+    let api = Serve::start(&dir);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poster = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut acked, mut refused) = (Vec::new(), 0u32);
+            let mut id = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match post_raw(port, &format!("{{\"id\":{id}}}")) {
+                    Some(200) => acked.push(id),
+                    _ => {
+                        refused += 1;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+                id += 1;
+            }
+            (acked, refused)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let puts: Vec<_> = (1..=5)
+        .map(|v| {
+            let (addr, text) = (api.addr.clone(), ingest(port, &out(v)));
+            std::thread::spawn(move || {
+                let headers = [format!("Authorization: Bearer {WRITE_KEY}")];
+                curl_with(&addr, "PUT", "/api/v1/flows/ingest", &headers, Some(text.as_bytes()))
+            })
+        })
+        .collect();
+    for p in puts {
+        let (status, answer) = p.join().expect("put thread");
+        assert_eq!(status, 200, "{answer}");
+        let v: Value = serde_json::from_str(&answer).expect("json");
+        assert_eq!(v["status"]["state"], "running", "{answer}");
+    }
+    api.until("the last flow serving", || post_raw(port, "{\"id\":-1}") == Some(200));
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, refused) = poster.join().expect("poster");
+
+    let (_, flow) = api.json("GET", "/api/v1/flows/ingest", None);
+    let text = flow["text"].as_str().expect("text").to_string();
+    let last = (1..=5).find(|&v| text == ingest(port, &out(v))).expect("one of the texts PUT");
+    assert_eq!(flow["status"]["state"], "running", "{flow}");
+    assert!(lines(&out(last)).iter().any(|l| l == "{\"id\":-1}"), "the last flow wrote the marker");
+    let mut written: Vec<u64> = (0..=5).flat_map(|v| ids_signed(&out(v))).collect();
+    written.sort_unstable();
+    let before = written.len();
+    written.dedup();
+    assert_eq!(written.len(), before, "an event written twice");
+    let lost: Vec<&u64> = acked.iter().filter(|id| written.binary_search(id).is_err()).collect();
+    assert!(lost.is_empty(), "acknowledged but not written: {lost:?}");
+    eprintln!("{} events acknowledged, {refused} requests refused during 5 swaps", acked.len());
+    assert!(acked.len() > 10, "the client kept posting: {} acknowledged, {refused} refused", acked.len());
+    // The log shows the swaps one after the other: each drain before the next start.
+    let log = std::fs::read_to_string(dir.join("phoenix.log")).expect("log");
+    let events: Vec<&str> = log
+        .lines()
+        .filter_map(|l| ["draining the flow", "flow stopped", "flow started"].into_iter().find(|e| l.contains(e)))
+        .collect();
+    let expected: Vec<&str> = std::iter::once("flow started")
+        .chain((0..5).flat_map(|_| ["draining the flow", "flow stopped", "flow started"]))
+        .collect();
+    assert_eq!(events, expected, "{log}");
+    api.stop();
+}
+
+/// The ids of a file's events, the marker `-1` left out.
+fn ids_signed(path: &Path) -> Vec<u64> {
+    lines(path).iter().filter_map(|l| serde_json::from_str::<Value>(l).expect("json")["id"].as_u64()).collect()
+}
+
+/// A flow that compiles but cannot start (its port is taken, its input missing) is answered
+/// with its failure; a file in the directory that does not compile is `invalid`, and the other
+/// flows run.
+#[test]
+fn flows_that_cannot_start_or_compile_are_reported() {
+    let dir = setup("api-failed");
+    std::fs::write(dir.join("flows/broken.phx"), "schema E { id: int }\nsource s = nowhere {} as E\n").expect("flow");
+    let api = Serve::start(&dir);
+    let (status, flow) = api.json("GET", "/api/v1/flows/broken", None);
+    assert_eq!(status, 200, "{flow}");
+    assert_eq!(flow["status"]["state"], "invalid", "{flow}");
+    assert!(flow["status"]["errors"].as_u64().is_some_and(|n| n >= 1), "{flow}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let text = ingest(port, &dir.join("out.jsonl"));
+    let (status, answer) = api.json("PUT", "/api/v1/flows/busy", Some(text.as_bytes()));
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(answer["status"]["state"], "failed", "{answer}");
+    let error = answer["status"]["error"].as_str().expect("error");
+    assert!(error.contains(&port.to_string()), "names the address: {error}");
+
+    assert_eq!(curl(&api.addr, "GET", "/ready", None, None).0, 200, "a failed flow does not hold up /ready");
+    let missing =
+        "schema E { id: int }\nsource f = file { path = \"/nonexistent/in.jsonl\" } as E\nsink s = stdout {}\nf | s\n";
+    let (status, answer) = api.json("PUT", "/api/v1/flows/missing", Some(missing.as_bytes()));
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(answer["status"]["state"], "failed", "{answer}");
+    // A failed flow can be replaced by one that runs.
+    drop(taken);
+    let (status, answer) = api.json("PUT", "/api/v1/flows/busy", Some(text.as_bytes()));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"]["state"], "running", "{answer}");
+    post_events(port, 0..2);
+    assert_eq!(ids(&dir.join("out.jsonl")), [0, 1]);
+    api.stop();
+}
+
+/// The API from Python `requests`: headers curl's helper does not show (`WWW-Authenticate`, the
+/// JSON content type), the scheme in lower case, a JSON body, HEAD.
+#[test]
+fn a_python_requests_client() {
+    let dir = setup("api-python");
+    let api = Serve::start(&dir);
+    let script = r#"
+import os, requests
+base = "http://" + os.environ["ADDR"] + "/api/v1"
+w = {"Authorization": "Bearer " + os.environ["WRITE_KEY"]}
+r = requests.get(base + "/flows")
+assert r.status_code == 401, r.status_code
+assert r.headers["WWW-Authenticate"] == "Bearer", r.headers
+assert r.headers["Content-Type"] == "application/json", r.headers
+assert "API key" in r.json()["error"], r.text
+flow = "schema E { id: int }\nsource g = generate { count = 2 } as E\nsink s = stdout {}\ng | s\n"
+r = requests.put(base + "/flows/py", json={"text": flow}, headers={"authorization": "bearer " + os.environ["WRITE_KEY"]})
+assert r.status_code == 201, (r.status_code, r.text)
+r = requests.get(base + "/flows/py", headers=w)
+assert r.status_code == 200 and r.json()["text"] == flow, r.text
+r = requests.head(base + "/flows/py", headers={"Authorization": "Bearer " + os.environ["READ_KEY"]})
+assert r.status_code == 200, r.status_code
+r = requests.put(base + "/flows/py", data="{", headers=dict(w, **{"Content-Type": "application/json"}))
+assert r.status_code == 400 and r.json()["line"] == 1 and r.json()["column"] == 1, r.text
+r = requests.delete(base + "/flows/py", headers=w)
+assert r.status_code == 204, r.status_code
+print("ok")
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .env("ADDR", &api.addr)
+        .env("READ_KEY", READ_KEY)
+        .env("WRITE_KEY", WRITE_KEY)
+        .env("NO_PROXY", "*")
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    api.stop();
+}
