@@ -328,6 +328,34 @@ impl Builder<'_> {
                     stage(Op::Route { all: *all, arms, narrow })
                 }
                 NodeKind::Drop => stage(Op::Drop),
+                // Each input's batches are conformed to the merged stream's columns (by name:
+                // inputs may declare fields in another order; metadata an input lacks is null),
+                // then run through the stages after the merge. Those are planned again for
+                // every input, so each keeps its own encoder (raw bytes, or the fields its
+                // `select` made) and each batch its own source's `Ack`.
+                NodeKind::Merge => {
+                    let input = stream.arrow_schema();
+                    let out = &node.output;
+                    let mut columns = Vec::new();
+                    for f in &out.record.fields {
+                        columns.push(Column::Input(input.index_of(&f.name).map_err(|x| self.err(to, x.to_string()))?));
+                    }
+                    for m in &out.metadata.fields {
+                        columns.push(match input.index_of(&format!("@{}", m.name)) {
+                            Ok(at) => Column::Input(at),
+                            Err(_) => Column::Null,
+                        });
+                    }
+                    let after = self.pipeline(to, Port::Out, out, enc)?;
+                    let schema = runtime_schema(out);
+                    let reads = after.reads(&schema);
+                    for (c, &read) in columns.iter_mut().zip(&reads) {
+                        if !read {
+                            *c = Column::Unused;
+                        }
+                    }
+                    stage(Op::Project { items: Vec::new(), columns, schema: prune(&schema, &reads), out: after })
+                }
                 NodeKind::Source { .. } => return Err(self.err(to, "a source cannot have an input")),
             });
         }
