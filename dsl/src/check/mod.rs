@@ -710,7 +710,8 @@ impl<'a> Checker<'a> {
         }
         let ty = StreamType {
             record: first.ty.record.clone(),
-            open: inputs.iter().all(|c| c.ty.open),
+            // Events of an input no `select` closed still carry their undeclared fields.
+            open: inputs.iter().any(|c| c.ty.open),
             metadata: Arc::new(Record { fields: metadata }),
         };
         let node = self.graph.add_node(Node { kind: NodeKind::Merge, span, output: ty.clone() });
