@@ -467,7 +467,15 @@ impl Builder {
             return Input::Stream(self.stream_ref(p));
         }
         let span = self.span(&p);
-        let streams = p.into_inner().filter(|c| c.as_rule() == Rule::stream_ref).map(|c| self.stream_ref(c)).collect();
+        let streams: Vec<StreamRef> =
+            p.into_inner().filter(|c| c.as_rule() == Rule::stream_ref).map(|c| self.stream_ref(c)).collect();
+        if streams.len() < 2 {
+            self.errors.push(
+                Diagnostic::new(Code::Syntax, span, "`merge` needs at least two streams")
+                    .label("one stream")
+                    .help("merge two or more (`merge(a, b)`), or read the stream alone (`a | ...`)"),
+            );
+        }
         Input::Merge { streams, span }
     }
 

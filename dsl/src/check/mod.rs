@@ -659,7 +659,7 @@ impl<'a> Checker<'a> {
         // Resolve every input first, so each unknown name is reported.
         let inputs: Vec<Option<Cursor>> = streams.iter().map(|r| self.input(r)).collect();
         let inputs: Vec<Cursor> = inputs.into_iter().collect::<Option<_>>()?;
-        let first = &inputs[0];
+        let first = inputs.first()?;
         let mut ok = true;
         for (other, at) in inputs.iter().zip(streams).skip(1) {
             let differences = record_differences(&first.ty.record, &other.ty.record);
