@@ -1440,13 +1440,14 @@ impl RecordDifference {
 }
 
 /// How `b` differs from `a`, field by field (in `a`'s order, then `b`'s extra fields). A field
-/// already typed as an error matches anything, so one mistake is reported once.
+/// already typed as an error matches anything, so one mistake is reported once; a `null` field
+/// (`select null as x`) matches only another, as the merged column has the first's type.
 fn record_differences(a: &Record, b: &Record) -> Vec<RecordDifference> {
     let mut out = Vec::new();
     for fa in &a.fields {
         match b.field(&fa.name) {
             None => out.push(RecordDifference::Missing { name: fa.name.clone(), in_first: true }),
-            Some(fb) if fa.ty != fb.ty && !fa.ty.is_wild() && !fb.ty.is_wild() => {
+            Some(fb) if fa.ty != fb.ty && fa.ty != Ty::Error && fb.ty != Ty::Error => {
                 out.push(RecordDifference::Type { name: fa.name.clone(), first: fa.ty.clone(), second: fb.ty.clone() })
             }
             Some(fb) if fa.optional != fb.optional => {
