@@ -138,6 +138,8 @@ codes! {
         "No pipeline or route writes to this sink.";
     NullComparison = "W0007", Warning, "comparison with null",
         "In SQL logic `x = null` is never true (it is NULL). Use `x is null` or `x is not null`.";
+    MergedTwice = "W0008", Warning, "stream merged twice",
+        "A `merge` passes on every event of every stream it names, so a stream named twice has each of its events passed on twice. Name each stream once.";
 }
 
 impl std::fmt::Display for Code {

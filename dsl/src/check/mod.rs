@@ -660,6 +660,16 @@ impl<'a> Checker<'a> {
         let inputs: Vec<Option<Cursor>> = streams.iter().map(|r| self.input(r)).collect();
         let inputs: Vec<Cursor> = inputs.into_iter().collect::<Option<_>>()?;
         let first = inputs.first()?;
+        for (k, (c, r)) in inputs.iter().zip(streams).enumerate() {
+            if let Some(earlier) = inputs[..k].iter().position(|e| e.node == c.node && e.port == c.port) {
+                self.push(
+                    Diagnostic::new(Code::MergedTwice, r.span, format!("{} is named twice in this merge", c.describe))
+                        .label("its events would pass twice")
+                        .secondary(streams[earlier].span, "first named here")
+                        .help("name each stream once"),
+                );
+            }
+        }
         let mut ok = true;
         for (other, at) in inputs.iter().zip(streams).skip(1) {
             let differences = record_differences(&first.ty.record, &other.ty.record);
