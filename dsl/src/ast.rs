@@ -140,11 +140,31 @@ pub struct FlowDecl {
 /// `input | stage | ...`
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pipeline {
-    pub input: StreamRef,
+    pub input: Input,
     pub stages: Vec<Stage>,
     /// Written as a `route input ... { }` statement rather than `input | route ... { }`.
     pub route_statement: bool,
     pub span: Span,
+}
+
+/// What a pipeline reads: one stream, or `merge(a, b, ...)`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    Stream(StreamRef),
+    /// The events of every stream as one stream (at least two, as written).
+    Merge {
+        streams: Vec<StreamRef>,
+        span: Span,
+    },
+}
+
+impl Input {
+    pub fn span(&self) -> Span {
+        match self {
+            Input::Stream(s) => s.span,
+            Input::Merge { span, .. } => *span,
+        }
+    }
 }
 
 /// A stream a pipeline reads: `orders`, `orders.errors`.

@@ -118,6 +118,8 @@ codes! {
         "A route needs at least one arm.";
     SinkSchema = "E0053", Error, "events do not satisfy the sink's schema",
         "A sink declared `as Schema` only accepts events with every required field of that schema, with compatible types.";
+    MergeMismatch = "E0054", Error, "merged streams differ",
+        "`merge(a, b)` reads streams of one schema: the same declared fields, each with the same type and optionality (`?`). Make them agree before merging, e.g. with a `flow` that `select`s the missing field (`select *, 'none' as coupon`) or `coalesce`s an optional one. Metadata (`@name`) need not agree: metadata only some streams have is optional (null) after the merge, and metadata whose types differ is left out.";
     BadTest = "E0060", Error, "invalid test statement",
         "`input` names a source and takes a JSON object, a string (a raw line), or an array of them; `expect` names a sink and takes an object or an array of objects.";
     DuplicateDeploy = "E0061", Error, "more than one deploy block",
@@ -136,6 +138,8 @@ codes! {
         "No pipeline or route writes to this sink.";
     NullComparison = "W0007", Warning, "comparison with null",
         "In SQL logic `x = null` is never true (it is NULL). Use `x is null` or `x is not null`.";
+    MergedTwice = "W0008", Warning, "stream merged twice",
+        "A `merge` passes on every event of every stream it names, so a stream named twice has each of its events passed on twice. Name each stream once.";
 }
 
 impl std::fmt::Display for Code {

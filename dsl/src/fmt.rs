@@ -474,7 +474,7 @@ impl<'a> Printer<'a> {
         self.push(&head);
         self.newline();
         self.indent += 1;
-        self.line(p.input.span.start as usize, false);
+        self.line(p.input.span().start as usize, false);
         self.pipeline_broken(p);
         self.indent -= 1;
     }
@@ -499,7 +499,7 @@ impl<'a> Printer<'a> {
 
     /// `input | stage | ...` on the current line (a final route's arms below it).
     fn pipeline_flat(&mut self, p: &Pipeline) {
-        self.push(&stream_ref(&p.input));
+        self.push(&input(&p.input));
         for stage in &p.stages {
             self.push(" | ");
             self.stage(stage);
@@ -509,8 +509,8 @@ impl<'a> Printer<'a> {
     /// The input on the current line, then each stage on its own line as `| stage`, one level
     /// deeper. Ends its last line.
     fn pipeline_broken(&mut self, p: &Pipeline) {
-        self.push(&stream_ref(&p.input));
-        self.end_line(self.end_of(p.input.span));
+        self.push(&input(&p.input));
+        self.end_line(self.end_of(p.input.span()));
         self.indent += 1;
         for stage in &p.stages {
             self.line(stage.span.start as usize, false);
@@ -619,7 +619,7 @@ impl<'a> Printer<'a> {
 /// Where the last line of a broken pipeline starts: comments before it can be placed inside the
 /// pipeline; comments after it belong to what follows.
 fn last_line_start(p: &Pipeline) -> usize {
-    p.stages.last().map_or(p.input.span.start, |s| s.span.start) as usize
+    p.stages.last().map_or(p.input.span().start, |s| s.span.start) as usize
 }
 
 /// A route followed by more stages (the checker rejects it, but it parses) forces a broken layout,
@@ -630,7 +630,7 @@ fn route_before_end(stages: &[Stage]) -> bool {
 
 /// The first line of a flat pipeline: everything up to a final route's `{`.
 fn pipeline_first_line(p: &Pipeline) -> String {
-    let mut line = stream_ref(&p.input);
+    let mut line = input(&p.input);
     for stage in &p.stages {
         line.push_str(" | ");
         line.push_str(&stage_flat(stage));
@@ -666,14 +666,14 @@ fn stage_flat(stage: &Stage) -> String {
 }
 
 /// `route [all] [input] [by key] {`
-fn route_header(route: &Route, input: Option<&StreamRef>) -> String {
+fn route_header(route: &Route, from: Option<&Input>) -> String {
     let mut s = String::from("route");
     if route.all.is_some() {
         s.push_str(" all");
     }
-    if let Some(input) = input {
+    if let Some(from) = from {
         s.push(' ');
-        s.push_str(&stream_ref(input));
+        s.push_str(&input(from));
     }
     if let Some(key) = &route.key {
         s.push_str(" by ");
@@ -681,6 +681,17 @@ fn route_header(route: &Route, input: Option<&StreamRef>) -> String {
     }
     s.push_str(" {");
     s
+}
+
+/// `orders`, or `merge(api, batch)` (always on one line).
+fn input(i: &Input) -> String {
+    match i {
+        Input::Stream(s) => stream_ref(s),
+        Input::Merge { streams, .. } => {
+            let names: Vec<String> = streams.iter().map(stream_ref).collect();
+            format!("merge({})", names.join(", "))
+        }
+    }
 }
 
 fn stream_ref(s: &StreamRef) -> String {
@@ -1117,7 +1128,17 @@ fn dump_type(d: &mut String, ty: &TypeExpr) {
 
 fn dump_pipeline(d: &mut String, p: &Pipeline) {
     d.push_str(if p.route_statement { "(route-statement " } else { "(pipeline " });
-    d.push_str(&stream_ref(&p.input));
+    match &p.input {
+        Input::Stream(s) => d.push_str(&stream_ref(s)),
+        Input::Merge { streams, .. } => {
+            d.push_str("(merge");
+            for s in streams {
+                d.push(' ');
+                d.push_str(&stream_ref(s));
+            }
+            d.push(')');
+        }
+    }
     for stage in &p.stages {
         d.push(' ');
         dump_stage(d, stage);

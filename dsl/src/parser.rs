@@ -221,6 +221,7 @@ fn describe(rule: Rule) -> Option<&'static str> {
             "a declaration (`schema`, `source`, `sink`, `flow`, `route`, `test`, `deploy`) or a pipeline"
         }
         ident | plain_ident | quoted_ident | field_name | soft_keyword | stream_ref | sink_ref => "a name",
+        merge | kw_merge => "`merge(stream, stream, ...)`",
         expr | or_expr | and_expr | not_expr | predicate | concat | additive | term | unary | postfix | literal
         | number | string | bool_lit | null_lit | duration | size | call | field_ref | meta_ref | list_expr
         | paren_expr | case_expr | not_op | neg_op => "an expression",
@@ -351,7 +352,7 @@ impl Builder {
                 for c in p.into_inner() {
                     match c.as_rule() {
                         Rule::route_all => all = Some(self.span(&c)),
-                        Rule::stream_ref => input = Some(self.stream_ref(c)),
+                        Rule::stream_ref | Rule::merge => input = Some(self.input(c)),
                         Rule::route_key => key = Some(self.route_key(c)),
                         Rule::route_arms => arms = self.route_arms(c),
                         _ => {}
@@ -453,11 +454,29 @@ impl Builder {
         let span = self.span(&p);
         let mut it = p.into_inner();
         let input = match it.next() {
-            Some(s) => self.stream_ref(s),
-            None => StreamRef { name: Ident { name: String::new(), span }, errors: None, span },
+            Some(s) => self.input(s),
+            None => Input::Stream(StreamRef { name: Ident { name: String::new(), span }, errors: None, span }),
         };
         let stages = it.map(|s| self.stage(s)).collect();
         Pipeline { input, stages, route_statement, span }
+    }
+
+    /// A `stream_ref` or a `merge` of them.
+    fn input(&mut self, p: P) -> Input {
+        if p.as_rule() != Rule::merge {
+            return Input::Stream(self.stream_ref(p));
+        }
+        let span = self.span(&p);
+        let streams: Vec<StreamRef> =
+            p.into_inner().filter(|c| c.as_rule() == Rule::stream_ref).map(|c| self.stream_ref(c)).collect();
+        if streams.len() < 2 {
+            self.errors.push(
+                Diagnostic::new(Code::Syntax, span, "`merge` needs at least two streams")
+                    .label("one stream")
+                    .help("merge two or more (`merge(a, b)`), or read the stream alone (`a | ...`)"),
+            );
+        }
+        Input::Merge { streams, span }
     }
 
     fn stream_ref(&mut self, p: P) -> StreamRef {

@@ -328,9 +328,101 @@ impl Builder<'_> {
                     stage(Op::Route { all: *all, arms, narrow })
                 }
                 NodeKind::Drop => stage(Op::Drop),
+                // Each input's batches are conformed to the merged stream's columns (by name:
+                // inputs may declare fields in another order; metadata an input lacks is null),
+                // then run through the stages after the merge. Those are planned again for
+                // every input, so each keeps its own encoder (raw bytes, or the fields its
+                // `select` made) and each batch its own source's `Ack`.
+                NodeKind::Merge => {
+                    let input = stream.arrow_schema();
+                    let out = &node.output;
+                    let mut columns = Vec::new();
+                    for f in &out.record.fields {
+                        columns.push(Column::Input(input.index_of(&f.name).map_err(|x| self.err(to, x.to_string()))?));
+                    }
+                    for m in &out.metadata.fields {
+                        columns.push(match input.index_of(&format!("@{}", m.name)) {
+                            Ok(at) => Column::Input(at),
+                            Err(_) => Column::Null,
+                        });
+                    }
+                    let after = self.pipeline(to, Port::Out, out, enc)?;
+                    let schema = runtime_schema(out);
+                    let reads = after.reads(&schema);
+                    for (c, &read) in columns.iter_mut().zip(&reads) {
+                        if !read {
+                            *c = Column::Unused;
+                        }
+                    }
+                    stage(Op::Project { items: Vec::new(), columns, schema: prune(&schema, &reads), out: after })
+                }
                 NodeKind::Source { .. } => return Err(self.err(to, "a source cannot have an input")),
             });
         }
         Ok(Pipeline { targets })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EngineCatalog;
+    use crate::exec::ack::Ack;
+    use crate::exec::batch::RawBatchBuilder;
+    use crate::exec::pipeline::Emit;
+    use arrow::array::{Array, ArrayRef, StringArray};
+    use phoenix_dsl::MemoryLoader;
+
+    /// Each source's workers run the stages after a merge on their own batches: what reaches
+    /// the sink holds that source's `Ack` (a failure reported on it reaches that source only)
+    /// and that source's metadata (null where the source has none).
+    #[tokio::test]
+    async fn merged_batches_keep_their_source_and_ack() {
+        let flow = r#"
+            schema E { id: int }
+            source api = http { address = "127.0.0.1:0" } as E
+            source batch = file { path = "in.jsonl" } as E
+            sink out = stdout
+            merge(api, batch) | where id > 0 | select id, @file as file | out
+        "#;
+        let catalog = EngineCatalog::new();
+        let loader = MemoryLoader::new([("m.phx".to_string(), flow.as_bytes().to_vec())]);
+        let c = phoenix_dsl::compile("m.phx", &loader, &catalog);
+        assert!(!c.has_errors(), "{}", c.render(false));
+        let plan = c.plan(&catalog).expect("lowers");
+        let metrics = Metrics::new(node_labels(&plan, &c.sources));
+        let graph = TaskGraph::build(&plan, &c.sources, &metrics).expect("builds");
+        let mut outcomes = Vec::new();
+        for (name, file) in [("api", None), ("batch", Some("in.jsonl"))] {
+            let src = graph.sources.iter().find(|s| s.name == name).expect("source");
+            let (ack, waiter) = Ack::new();
+            let mut b = RawBatchBuilder::default();
+            b.push(br#"{"id":0}"#);
+            b.push(br#"{"id":7}"#);
+            let meta: Vec<(&'static str, ArrayRef)> = match file {
+                Some(f) => vec![("file", Arc::new(StringArray::from(vec![f, f])) as ArrayRef)],
+                None => Vec::new(),
+            };
+            let raw = b.finish(meta, ack);
+            let (batch, dead) = src.decoder.decode(&raw);
+            assert!(dead.is_empty());
+            let mut emit = Emit::default();
+            src.out.push(&batch.expect("decoded"), &raw.ack, &mut emit);
+            drop(raw);
+            let [(_, sent)] = emit.sinks.as_slice() else { panic!("one sink batch, got {}", emit.sinks.len()) };
+            let events: Vec<&[u8]> = (0..sent.payloads.len()).map(|i| sent.payloads.value(i)).collect();
+            let want = match file {
+                Some(_) => br#"{"id":7,"file":"in.jsonl"}"#.as_slice(),
+                None => br#"{"id":7,"file":null}"#.as_slice(),
+            };
+            assert_eq!(events, vec![want], "{name}");
+            // The sink fails the batch of `api` only: each source hears about its own events.
+            if name == "api" {
+                sent.ack.fail("sink refused");
+            }
+            drop(emit);
+            outcomes.push(waiter.wait().await);
+        }
+        assert_eq!(outcomes, vec![Err("sink refused".to_string()), Ok(())]);
     }
 }

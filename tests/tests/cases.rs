@@ -68,3 +68,17 @@ fn every_code_has_a_case() {
         Code::ALL.iter().map(|c| c.as_str()).filter(|c| !rendered.contains(&format!("[{c}]"))).collect();
     assert!(missing.is_empty(), "no error case covers: {}", missing.join(", "));
 }
+
+/// `phoenix graph` draws a merge as one node, as written, with an edge from each input.
+#[test]
+fn merge_is_drawn_once_with_an_edge_per_input() {
+    let c = compile(&phoenix_tests::root().join("tests/cases/plan/merge_metadata.phx"));
+    let flow = c.flow.as_ref().expect("checks");
+    let dot = phoenix_dsl::plan::render::dot(flow, &c.sources);
+    let node: Vec<&str> = dot.lines().filter(|l| l.contains("invtrapezium")).collect();
+    assert_eq!(node, ["  n3 [label=\"merge(api, batch)\", shape=invtrapezium];"], "{dot}");
+    assert!(dot.contains("n0 -> n3") && dot.contains("n1 -> n3"), "{dot}");
+    let mermaid = phoenix_dsl::plan::render::mermaid(flow, &c.sources);
+    assert!(mermaid.contains("n3[\\\"merge(api, batch)\"/]"), "{mermaid}");
+    assert!(mermaid.contains("n0 --> n3") && mermaid.contains("n1 --> n3"), "{mermaid}");
+}

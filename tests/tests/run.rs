@@ -2,7 +2,9 @@
 //! `input.jsonl` (or `SOURCE.jsonl` when the flow has several sources), and every sink's output
 //! must equal `expected/SINK.jsonl` line for line, byte for byte — so passthrough of undeclared
 //! fields is checked exactly. A line containing `"<any>"` is compared as JSON instead, with that
-//! string matching any value (dead letters carry a timestamp). `BLESS=1` rewrites expectations.
+//! string matching any value (dead letters carry a timestamp). Several sources run at once, so
+//! their events interleave in any order: a case with several sources compares its lines sorted.
+//! `BLESS=1` rewrites expectations.
 
 use phoenix_engine::EngineCatalog;
 use phoenix_engine::testing::run_captured;
@@ -34,6 +36,7 @@ async fn run_case(case: &Path) -> Result<(), String> {
     let catalog = EngineCatalog::new();
     let plan = c.plan(&catalog).ok_or("does not lower")?;
     let mut inputs = HashMap::new();
+    let mut several = false;
     for i in plan.graph.node_indices() {
         if let phoenix_dsl::plan::NodeKind::Source { name, .. } = &plan.graph[i].kind {
             let own = case.join(format!("{name}.jsonl"));
@@ -43,6 +46,7 @@ async fn run_case(case: &Path) -> Result<(), String> {
             // elsewhere; here every line is one payload.
             let lines: Vec<Vec<u8>> =
                 text.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect();
+            several |= !inputs.is_empty();
             inputs.insert(name.clone(), lines);
         }
     }
@@ -51,6 +55,10 @@ async fn run_case(case: &Path) -> Result<(), String> {
     let mut problems = Vec::new();
     for (sink, lines) in &captured {
         let path = expected_dir.join(format!("{sink}.jsonl"));
+        let mut lines = lines.clone();
+        if several {
+            lines.sort();
+        }
         let actual: String = lines.iter().map(|l| format!("{l}\n")).collect();
         if std::env::var_os("BLESS").is_some() {
             std::fs::create_dir_all(&expected_dir).map_err(|e| e.to_string())?;
@@ -61,7 +69,12 @@ async fn run_case(case: &Path) -> Result<(), String> {
             }
             continue;
         }
-        let expected = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut expected = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if several {
+            let mut sorted: Vec<&str> = expected.lines().collect();
+            sorted.sort();
+            expected = sorted.iter().map(|l| format!("{l}\n")).collect();
+        }
         if !same(&expected, &actual) {
             problems.push(format!("sink `{sink}`:\n--- expected ({})\n{expected}+++ actual\n{actual}", path.display()));
         }

@@ -644,8 +644,93 @@ impl<'a> Checker<'a> {
     }
 
     fn pipeline(&mut self, p: &Pipeline) -> End {
-        let cursor = self.input(&p.input);
+        let cursor = match &p.input {
+            ast::Input::Stream(r) => self.input(r),
+            ast::Input::Merge { streams, span } => self.merge(streams, *span),
+        };
         self.stages(&p.stages, cursor)
+    }
+
+    /// `merge(a, b, ...)`: one node reading every input, whose events have the inputs' common
+    /// schema. Declared fields must agree exactly (a sink or stage after the merge is typed once
+    /// for all of them); metadata is merged: a name some inputs lack becomes optional, a name
+    /// whose types differ is left out.
+    fn merge(&mut self, streams: &[ast::StreamRef], span: Span) -> Option<Cursor> {
+        // Resolve every input first, so each unknown name is reported.
+        let inputs: Vec<Option<Cursor>> = streams.iter().map(|r| self.input(r)).collect();
+        let inputs: Vec<Cursor> = inputs.into_iter().collect::<Option<_>>()?;
+        let first = inputs.first()?;
+        for (k, (c, r)) in inputs.iter().zip(streams).enumerate() {
+            if let Some(earlier) = inputs[..k].iter().position(|e| e.node == c.node && e.port == c.port) {
+                self.push(
+                    Diagnostic::new(Code::MergedTwice, r.span, format!("{} is named twice in this merge", c.describe))
+                        .label("its events would pass twice")
+                        .secondary(streams[earlier].span, "first named here")
+                        .help("name each stream once"),
+                );
+            }
+        }
+        let mut ok = true;
+        for (other, at) in inputs.iter().zip(streams).skip(1) {
+            let differences = record_differences(&first.ty.record, &other.ty.record);
+            if differences.is_empty() {
+                continue;
+            }
+            ok = false;
+            let (a, b) = (&first.describe, &other.describe);
+            let mut d = Diagnostic::new(
+                Code::MergeMismatch,
+                at.span,
+                format!("{b} does not have the schema of {a}, so they cannot be merged"),
+            )
+            .label(match differences.len() {
+                1 => "1 field differs".to_string(),
+                n => format!("{n} fields differ"),
+            })
+            .secondary(streams[0].span, "the first stream of the merge");
+            for diff in differences {
+                d = d.note(diff.describe(a, b));
+            }
+            self.push(
+                d.help("give the streams one schema, or `select` them into one shape in a `flow` before merging"),
+            );
+        }
+        if !ok {
+            return None;
+        }
+        let mut metadata: Vec<RecordField> = Vec::new();
+        let mut conflicting: HashSet<String> = HashSet::new();
+        for c in &inputs {
+            for m in &c.ty.metadata.fields {
+                match metadata.iter_mut().find(|x| x.name == m.name) {
+                    Some(x) if x.ty == m.ty => x.optional |= m.optional,
+                    Some(_) => {
+                        conflicting.insert(m.name.clone());
+                    }
+                    None => metadata.push(m.clone()),
+                }
+            }
+        }
+        metadata.retain(|m| !conflicting.contains(&m.name));
+        for m in &mut metadata {
+            // Events of an input without this metadata carry null in it.
+            if !inputs.iter().all(|c| c.ty.metadata.field(&m.name).is_some()) {
+                m.optional = true;
+            }
+        }
+        let ty = StreamType {
+            record: first.ty.record.clone(),
+            // Events of an input no `select` closed still carry their undeclared fields.
+            open: inputs.iter().any(|c| c.ty.open),
+            metadata: Arc::new(Record { fields: metadata }),
+        };
+        let node = self.graph.add_node(Node { kind: NodeKind::Merge, span, output: ty.clone() });
+        for c in &inputs {
+            self.graph.add_edge(c.node, node, Edge { port: c.port, sink_exprs: Vec::new() });
+        }
+        let sources = self.sources;
+        let names: Vec<&str> = streams.iter().map(|r| sources.snippet(r.span)).collect();
+        Some(Cursor { node, port: Port::Out, ty, describe: format!("`merge({})`", names.join(", ")) })
     }
 
     /// Plan `stages` reading from `cursor` (`None`: the input did not resolve; stages are still
@@ -1328,6 +1413,65 @@ enum FlowOut {
     Stream(Cursor),
     Terminal(Span),
     Broken,
+}
+
+/// One way two merged records differ.
+enum RecordDifference {
+    /// In one record only (`true`: the first).
+    Missing {
+        name: String,
+        in_first: bool,
+    },
+    Type {
+        name: String,
+        first: Ty,
+        second: Ty,
+    },
+    Optional {
+        name: String,
+        first_optional: bool,
+    },
+}
+
+impl RecordDifference {
+    fn describe(&self, a: &str, b: &str) -> String {
+        let opt = |o: bool| if o { "optional" } else { "required" };
+        match self {
+            RecordDifference::Missing { name, in_first: true } => format!("`{name}` is in {a} but not in {b}"),
+            RecordDifference::Missing { name, in_first: false } => format!("`{name}` is in {b} but not in {a}"),
+            RecordDifference::Type { name, first, second } => {
+                format!("`{name}` is {} in {a} but {} in {b}", first.a(), second.a())
+            }
+            RecordDifference::Optional { name, first_optional } => {
+                format!("`{name}` is {} in {a} but {} in {b}", opt(*first_optional), opt(!*first_optional))
+            }
+        }
+    }
+}
+
+/// How `b` differs from `a`, field by field (in `a`'s order, then `b`'s extra fields). A field
+/// already typed as an error matches anything, so one mistake is reported once; a `null` field
+/// (`select null as x`) matches only another, as the merged column has the first's type.
+fn record_differences(a: &Record, b: &Record) -> Vec<RecordDifference> {
+    let mut out = Vec::new();
+    for fa in &a.fields {
+        match b.field(&fa.name) {
+            None => out.push(RecordDifference::Missing { name: fa.name.clone(), in_first: true }),
+            Some(fb) if fa.ty != fb.ty && fa.ty != Ty::Error && fb.ty != Ty::Error => {
+                out.push(RecordDifference::Type { name: fa.name.clone(), first: fa.ty.clone(), second: fb.ty.clone() })
+            }
+            Some(fb) if fa.optional != fb.optional => {
+                out.push(RecordDifference::Optional { name: fa.name.clone(), first_optional: fa.optional })
+            }
+            Some(_) => {}
+        }
+    }
+    for fb in &b.fields {
+        if a.field(&fb.name).is_none() {
+            out.push(RecordDifference::Missing { name: fb.name.clone(), in_first: false });
+        }
+    }
+    out
 }
 
 fn dead_letters() -> StreamType {

@@ -51,6 +51,9 @@ pub enum NodeKind<E> {
     },
     /// Discards events on purpose (they count as handled).
     Drop,
+    /// `merge(a, b)`: the events of every input edge, as one stream (`Node::output`, the inputs'
+    /// common schema). Each event keeps its own source's acknowledgement.
+    Merge,
     Sink {
         name: String,
         connector: String,
@@ -201,6 +204,7 @@ impl<E> Node<E> {
             NodeKind::Route { all: true, .. } => "route all".into(),
             NodeKind::Route { .. } => "route".into(),
             NodeKind::Drop => "drop".into(),
+            NodeKind::Merge => "merge".into(),
             NodeKind::Sink { name, connector, .. } => format!("sink {name} ({connector})"),
         }
     }
@@ -253,6 +257,7 @@ impl<E> FlowGraph<E> {
                         .collect::<Result<_, Err>>()?,
                 },
                 NodeKind::Drop => NodeKind::Drop,
+                NodeKind::Merge => NodeKind::Merge,
                 NodeKind::Sink { name, connector, options } => NodeKind::Sink { name, connector, options },
             };
             graph.add_node(Node { kind, span: w.span, output: w.output });

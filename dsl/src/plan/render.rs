@@ -46,6 +46,7 @@ pub fn dot<E>(flow: &FlowGraph<E>, sources: &SourceMap) -> String {
             NodeKind::Sink { .. } => "shape=box3d, style=filled, fillcolor=\"#dff5d8\"",
             NodeKind::Route { .. } => "shape=diamond",
             NodeKind::Drop => "shape=point",
+            NodeKind::Merge => "shape=invtrapezium",
             _ => "shape=box, style=rounded",
         };
         let _ = writeln!(out, "  n{} [label=\"{}\", {shape}];", i.index(), esc(&written(flow, sources, i)));
@@ -71,6 +72,7 @@ pub fn mermaid<E>(flow: &FlowGraph<E>, sources: &SourceMap) -> String {
             NodeKind::Source { .. } => format!("[/\"{label}\"/]"),
             NodeKind::Sink { .. } => format!("[(\"{label}\")]"),
             NodeKind::Route { .. } => format!("{{\"{label}\"}}"),
+            NodeKind::Merge => format!("[\\\"{label}\"/]"),
             _ => format!("(\"{label}\")"),
         };
         let _ = writeln!(out, "  n{}{shape}", i.index());
@@ -122,6 +124,14 @@ pub fn text<E: Display>(flow: &FlowGraph<E>) -> String {
                 Ok(())
             }
             NodeKind::Drop => writeln!(out, "n{}: drop", i.index()),
+            // What a merge decided about metadata is worth seeing: who made what optional.
+            NodeKind::Merge if n.output.metadata.fields.is_empty() => writeln!(out, "n{}: merge", i.index()),
+            NodeKind::Merge => writeln!(
+                out,
+                "n{}: merge\n    metadata: {}",
+                i.index(),
+                crate::types::Ty::Record(n.output.metadata.clone())
+            ),
         };
         if !matches!(n.kind, NodeKind::Sink { .. } | NodeKind::Drop) {
             let open = if n.output.open { " +undeclared" } else { "" };

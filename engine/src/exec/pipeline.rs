@@ -13,7 +13,7 @@ use super::batch::{DeadLetter, SinkBatch};
 use super::encode::Encoder;
 use crate::observability::metrics::NodeStats;
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, TimestampNanosecondArray};
-use arrow::array::{BinaryViewArray, Int64Array, NullArray};
+use arrow::array::{BinaryViewArray, Int64Array, NullArray, new_null_array};
 use arrow::compute::kernels::boolean::{and_not, not, or};
 use arrow::compute::{cast, filter_record_batch, prep_null_mask_filter};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
@@ -115,6 +115,8 @@ pub enum Column {
     Input(usize),
     /// Read by nothing downstream: a `NullArray`, so no stage after this one copies it.
     Unused,
+    /// Not in the input: metadata only other streams of a `merge` have. Nulls of its type.
+    Null,
     /// `select` item `i`, read by nothing downstream: still evaluated and cast to its type
     /// (either can fail and dead-letter the event), then carried as a `NullArray`.
     UnusedItem(usize, DataType),
@@ -267,6 +269,7 @@ impl Stage {
                         Column::Item(i) => values[*i].clone(),
                         Column::Input(i) => batch.column(*i).clone(),
                         Column::Unused => Arc::new(NullArray::new(batch.num_rows())),
+                        Column::Null => new_null_array(field.data_type(), batch.num_rows()),
                         Column::UnusedItem(i, ty) => {
                             if values[*i].data_type() != ty {
                                 cast(&values[*i], ty).map_err(|e| e.to_string())?;
