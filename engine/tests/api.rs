@@ -221,12 +221,13 @@ fn every_api_route_needs_a_key_of_the_right_scope_and_the_key_file_is_re_read() 
     let dir = setup("api-auth");
     let api = Serve::start(&dir);
     let flow = b"schema E { id: int }\nsource g = generate { count = 1 } as E\nsink s = stdout {}\ng | s\n";
-    let routes: [(&str, &str, Option<&[u8]>); 5] = [
+    let routes: [(&str, &str, Option<&[u8]>); 6] = [
         ("GET", "/api/v1/flows", None),
         ("GET", "/api/v1/flows/x", None),
         ("PUT", "/api/v1/flows/x", Some(flow)),
         ("DELETE", "/api/v1/flows/x", None),
         ("GET", "/api/v1/routes?type=order", None),
+        ("POST", "/api/v1/route", Some(b"{\"id\": 1}")),
     ];
     for (method, path, body) in routes {
         let (status, answer) = api.call(None, method, path, body);
@@ -234,7 +235,8 @@ fn every_api_route_needs_a_key_of_the_right_scope_and_the_key_file_is_re_read() 
         assert_eq!(api.call(Some("wrong"), method, path, body).0, 401, "{method} {path} with a wrong key");
         assert_eq!(api.call(Some(&WRITE_KEY[..WRITE_KEY.len() - 1]), method, path, body).0, 401, "a prefix");
         let with_read = api.call(Some(READ_KEY), method, path, body).0;
-        if method == "GET" {
+        // Routing an event changes nothing: a read key may.
+        if method == "GET" || path == "/api/v1/route" {
             assert!(with_read == 200 || with_read == 404, "{method} {path} with the read key: {with_read}");
         } else {
             assert_eq!(with_read, 403, "{method} {path} with the read key");
@@ -347,6 +349,64 @@ fn routes_of_the_commerce_example_by_event_type() {
     assert!(search.is_none(), "search is fed by a pipeline, not by a route arm");
     assert_eq!(api.json("GET", "/api/v1/routes?flow=nope", None).0, 404);
     assert_eq!(api.json("GET", "/api/v1/routes?typo=order", None).0, 400);
+
+    // One event routed: what each source of the flow would do with it, nothing written.
+    let route = |query: &str, event: &str| -> Value {
+        let (status, answer) =
+            api.call(Some(READ_KEY), "POST", &format!("/api/v1/route{query}"), Some(event.as_bytes()));
+        assert_eq!(status, 200, "{answer}");
+        assert!(!answer.contains("s3cr3t"), "a setting's value is shown: {answer}");
+        serde_json::from_str(&answer).expect("json")
+    };
+    let sinks = |source: &Value| -> Vec<String> {
+        source["sinks"]
+            .as_array()
+            .expect("sinks")
+            .iter()
+            .map(|d| d["sink"].as_str().expect("sink").to_string())
+            .collect()
+    };
+    let order = r#"{"id": "o-1", "type": "order", "ts": "2026-03-01T10:00:00Z", "amount": 100, "coupon": "X"}"#;
+    let v = route("", order);
+    let flows = v["flows"].as_array().expect("flows");
+    assert_eq!(flows.len(), 1, "{v}");
+    let by_source: Vec<&str> =
+        flows[0]["sources"].as_array().expect("sources").iter().map(|s| s["name"].as_str().expect("name")).collect();
+    assert_eq!(by_source, ["api", "batch"], "{v}");
+    let api_source = &flows[0]["sources"][0];
+    assert_eq!(api_source["decoded"], true);
+    assert_eq!(sinks(api_source), ["orders", "search"], "{api_source}");
+    let to_orders = &api_source["sinks"][0]["event"];
+    assert_eq!((to_orders["gross"].clone(), to_orders["channel"].clone()), (Value::from(119.0), Value::from("http")));
+    assert_eq!(flows[0]["sources"][1]["sinks"][0]["event"]["channel"], "file", "through the batch flow");
+    // The first `where` of `from_http`, passed, and the route by type taking `'order'`.
+    let first = &api_source["steps"][0];
+    assert_eq!((first["step"].clone(), first["passed"].clone()), (Value::from("where"), Value::from(true)), "{first}");
+
+    // `type` fills in the event's type; `source` picks one source.
+    let unknown = route("?type=refund&source=api", r#"{"id": "r-1", "ts": "2026-03-01T10:00:00Z"}"#);
+    let source = &unknown["flows"][0]["sources"][0];
+    assert_eq!(unknown["event"]["type"], "refund");
+    assert_eq!(sinks(source), ["rejected"], "{unknown}");
+    assert_eq!(source["sinks"][0]["event"]["reason"], "bad type");
+    let validation = &source["steps"][1];
+    assert_eq!(validation["step"], "route");
+    assert_eq!(validation["taken"][0]["arm"], "when type not in ('product', 'order', 'supplier')", "{validation}");
+
+    // A malformed event: the validator's reason, and the dead letter's way.
+    let bad = route("?source=api", r#"{"id": "o-1", "type": "order", "ts": 12,}"#);
+    let source = &bad["flows"][0]["sources"][0];
+    assert_eq!(source["decoded"], false, "{bad}");
+    let reason = source["error"].as_str().expect("error");
+    assert_eq!(reason, "invalid JSON at byte 40: expected a key (a string in double quotes)");
+    assert_eq!(sinks(source), ["dead_letters"]);
+    assert_eq!(source["dead_letters"][0]["error"], reason);
+
+    let (status, _) = api.call(Some(READ_KEY), "POST", "/api/v1/route?type=order", Some(br#"{"type": "refund"}"#));
+    assert_eq!(status, 400, "a type that contradicts the event's");
+    assert_eq!(api.call(Some(READ_KEY), "POST", "/api/v1/route?flow=nope", Some(b"{}")).0, 404);
+    assert_eq!(api.call(Some(READ_KEY), "POST", "/api/v1/route", Some(b"")).0, 400);
+    assert!(!dir.join("rejected.jsonl").exists() && !dir.join("dead.jsonl").exists(), "routing wrote nothing");
     api.stop();
 }
 
@@ -510,6 +570,13 @@ r = requests.head(base + "/flows/py", headers={"Authorization": "Bearer " + os.e
 assert r.status_code == 200, r.status_code
 r = requests.put(base + "/flows/py", data="{", headers=dict(w, **{"Content-Type": "application/json"}))
 assert r.status_code == 400 and r.json()["line"] == 1 and r.json()["column"] == 1, r.text
+r = requests.post(base + "/route?type=order", json={"id": 7}, headers={"Authorization": "Bearer " + os.environ["READ_KEY"]})
+assert r.status_code == 200, (r.status_code, r.text)
+src = r.json()["flows"][0]["sources"][0]
+assert src["decoded"] and src["sinks"] == [{"sink": "s", "event": {"id": 7, "type": "order"}}], r.text
+r = requests.post(base + "/route", data='{"id": "seven"}', headers=w)
+src = r.json()["flows"][0]["sources"][0]
+assert r.status_code == 200 and not src["decoded"] and "id" in src["error"] and src["sinks"] == [], r.text
 r = requests.delete(base + "/flows/py", headers=w)
 assert r.status_code == 204, r.status_code
 print("ok")
