@@ -343,4 +343,42 @@ mod tests {
         assert!(!malformed.decoded && malformed.error.is_some(), "{malformed:?}");
         assert_eq!(malformed.sinks[0].event["payload"], "{not json");
     }
+
+    #[tokio::test]
+    async fn a_failing_stage_is_a_dead_letter_and_route_all_takes_every_matching_arm() {
+        let catalog = EngineCatalog::new();
+        let text = "schema E { id: int, n: int }\n\
+            source s = generate { count = 1 } as E\n\
+            sink a = stdout {}\nsink b = stdout {}\nsink dead = stdout {}\n\
+            route all s {\n  when n >= 0 => select *, 10 / n as q | a,\n  when id > 0 => b,\n  else => drop,\n}\n\
+            s.errors | dead\n";
+        let loader = phoenix_dsl::MemoryLoader::new([("f.phx".to_string(), text.as_bytes().to_vec())]);
+        let c = phoenix_dsl::compile("f.phx", &loader, &catalog);
+        assert!(!c.has_errors(), "{}", c.render(false));
+        let plan = c.plan(&catalog).expect("plan");
+        let metrics = crate::observability::metrics::Metrics::new(crate::taskgraph::node_labels(&plan, &c.sources));
+        let graph = TaskGraph::build(&plan, &c.sources, &metrics).expect("graph");
+        let event = r#"{"id": 1, "n": 0}"#;
+        let t = trace(&graph, event.as_bytes(), None).pop().expect("the source");
+        let Step::Route { taken, .. } = &t.steps[0] else { panic!("{:?}", t.steps[0]) };
+        assert_eq!(taken.iter().map(|a| a.arm.as_str()).collect::<Vec<_>>(), ["when n >= 0", "when id > 0"]);
+        let Step::Failed { stage, error } = &taken[0].then[0] else { panic!("{:?}", taken[0].then) };
+        assert!(stage.starts_with("select at f.phx:7:"), "{stage}");
+        assert!(error.contains("Divide by zero"), "{error}");
+        assert_eq!((t.dead_letters.len(), t.dead_letters[0].error.as_str()), (1, error.as_str()));
+        assert_eq!(t.sinks.iter().map(|d| d.sink.as_str()).collect::<Vec<_>>(), ["b", "dead"]);
+        assert_eq!(t.sinks[1].event["error"], json!(error));
+
+        // The engine delivers the same (the dead letter's `ts` aside).
+        let inputs = HashMap::from([("s".to_string(), vec![event.as_bytes().to_vec()])]);
+        let (captured, _) = run_captured(&plan, &c.sources, &catalog, &inputs).await.expect("run");
+        let got: Vec<(&str, usize)> = captured.iter().map(|(k, v)| (k.as_str(), v.len())).collect();
+        assert_eq!(got, [("a", 0), ("b", 1), ("dead", 1)]);
+        assert_eq!(serde_json::from_str::<Json>(&captured["b"][0]).expect("json"), t.sinks[0].event);
+        let dead: Json = serde_json::from_str(&captured["dead"][0]).expect("json");
+        assert_eq!(
+            (dead["error"].clone(), dead["node"].clone()),
+            (t.sinks[1].event["error"].clone(), t.sinks[1].event["node"].clone())
+        );
+    }
 }
