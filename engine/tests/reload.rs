@@ -114,3 +114,71 @@ fn watch_reloads_when_the_flow_or_an_import_changes() {
     let out = wait(child.take(), LIMIT);
     assert!(out.status.success(), "exit {:?}:\n{}", out.status, log(&dir));
 }
+
+/// One POST over a fresh connection; `None` if the connection was refused or broke (the
+/// source's port is closed for the moment of a swap).
+fn post_raw(port: u16, body: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+    let request = format!(
+        "POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    answer.split(' ').nth(1)?.parse().ok()
+}
+
+/// Five reloads while a client keeps posting: every event the `http` source acknowledged is
+/// written exactly once, by the version that took it, and the versions follow one another.
+#[test]
+fn reloads_under_load_lose_no_acknowledged_event() {
+    let port = free_port();
+    let dir = setup("reload-load", port);
+    let child = Guard::new(phoenix_run(&dir.join("flow.phx"), &dir.join("phoenix.log")).spawn().expect("phoenix run"));
+    post(&dir, port, 1_000_000);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poster = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut id = 0i64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match post_raw(port, &format!("{{\"id\":{id}}}")) {
+                    Some(200) => acked.push(id),
+                    _ => std::thread::sleep(Duration::from_millis(5)),
+                }
+                id += 1;
+            }
+            acked
+        })
+    };
+    for v in 2..=6 {
+        std::thread::sleep(Duration::from_millis(200));
+        std::fs::write(dir.join("flow.phx"), flow(&dir, port, &format!("v{v}"))).expect("edit");
+        signal(child.child(), "-HUP");
+        until(&dir, "the reload", LIMIT, || logged(&dir, "reload: the new flow is running", v - 1));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = poster.join().expect("poster");
+    signal(child.child(), "-TERM");
+    let out = wait(child.take(), LIMIT);
+    assert!(out.status.success(), "exit {:?}:\n{}", out.status, log(&dir));
+
+    let written = written(&dir);
+    let mut ids: Vec<i64> = written.iter().map(|(id, _)| *id).collect();
+    ids.sort_unstable();
+    let before = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), before, "an event was written twice");
+    let missing: Vec<&i64> = acked.iter().filter(|id| ids.binary_search(id).is_err()).collect();
+    assert!(missing.is_empty(), "acknowledged but not written: {missing:?}");
+    assert!(acked.len() > 10, "the client got answers throughout: {}", acked.len());
+    // Each version wrote after the one before it.
+    let versions: Vec<&str> = written.iter().map(|(_, v)| v.as_str()).collect();
+    assert!(versions.windows(2).all(|w| w[0] <= w[1]), "{versions:?}");
+    assert_eq!(versions.last(), Some(&"v6"), "{versions:?}");
+}
