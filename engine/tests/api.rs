@@ -552,6 +552,8 @@ fn flows_that_cannot_start_or_compile_are_reported() {
 fn a_python_requests_client() {
     let dir = setup("api-python");
     let api = Serve::start(&dir);
+    // Put there by hand after the start: routing an event names it as skipped.
+    std::fs::write(dir.join("flows/broken.phx"), "source g = \n").expect("broken");
     let script = r#"
 import os, requests
 base = "http://" + os.environ["ADDR"] + "/api/v1"
@@ -574,6 +576,8 @@ r = requests.post(base + "/route?type=order", json={"id": 7}, headers={"Authoriz
 assert r.status_code == 200, (r.status_code, r.text)
 src = r.json()["flows"][0]["sources"][0]
 assert src["decoded"] and src["sinks"] == [{"sink": "s", "event": {"id": 7, "type": "order"}}], r.text
+skipped = r.json()["skipped"]
+assert [s["flow"] for s in skipped] == ["broken"] and skipped[0]["reason"].startswith("does not compile"), r.text
 r = requests.post(base + "/route", data='{"id": "seven"}', headers=w)
 src = r.json()["flows"][0]["sources"][0]
 assert r.status_code == 200 and not src["decoded"] and "id" in src["error"] and src["sinks"] == [], r.text
