@@ -828,6 +828,10 @@ async fn run_flow(run: RunFlow, plan: Plan, sources: SourceMap, metrics_address:
         if !reload || stopping.is_cancelled() {
             continue;
         }
+        if run.flow == "-" {
+            tracing::warn!("the flow was read from stdin: there is nothing to reload");
+            continue;
+        }
         tracing::info!(flow = %run.flow, "reloading the flow files");
         let (w, next) = run.recompile();
         watched = w;
