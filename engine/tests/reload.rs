@@ -182,3 +182,25 @@ fn reloads_under_load_lose_no_acknowledged_event() {
     assert!(versions.windows(2).all(|w| w[0] <= w[1]), "{versions:?}");
     assert_eq!(versions.last(), Some(&"v6"), "{versions:?}");
 }
+
+/// A flow read from stdin cannot be read again: SIGHUP says so and the flow runs on.
+#[test]
+fn a_flow_from_stdin_is_not_reloaded() {
+    use std::io::Write;
+    let dir = temp("reload-stdin");
+    let text = format!(
+        "schema E {{ id: int }}\nsource g = generate {{ count = 3, rate = 2 }} as E\n\
+         sink out = file {{ path = \"{}\" }}\ng | out\n",
+        dir.join("out.jsonl").display()
+    );
+    let mut run = phoenix_run(Path::new("-"), &dir.join("phoenix.log"));
+    let mut child = run.stdin(std::process::Stdio::piped()).spawn().expect("phoenix run");
+    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("the flow");
+    let child = Guard::new(child);
+    until(&dir, "the first event", LIMIT, || !support::lines(&dir.join("out.jsonl")).is_empty());
+    signal(child.child(), "-HUP");
+    let out = wait(child.take(), LIMIT);
+    assert!(out.status.success(), "exit {:?}:\n{}", out.status, log(&dir));
+    assert!(logged(&dir, "there is nothing to reload", 1), "{}", log(&dir));
+    assert_eq!(support::lines(&dir.join("out.jsonl")).len(), 3, "the flow ran to its end");
+}
