@@ -5,8 +5,10 @@ use crate::cluster::crd::PhoenixFlow;
 use crate::observability::logging::{self, LogFormat};
 use crate::observability::metrics::Metrics;
 use crate::observability::progress;
+use crate::observability::readiness::Readiness;
 use crate::observability::server::{self, Health};
 use crate::options::Settings;
+use crate::reload::{WATCH_POLL, Watched};
 use crate::run::{self as engine_run, RunConfig, SINK_QUEUE, default_workers};
 use crate::taskgraph::{TaskGraph, node_labels};
 use crate::testing;
@@ -71,8 +73,12 @@ enum Command {
         check: bool,
     },
     /// Run a flow until its inputs end or it is stopped (Ctrl-C / SIGTERM: drain, flush, exit 0).
+    /// SIGHUP re-reads the flow files: a valid change drains the running flow and starts the new.
     Run {
         flow: String,
+        /// Reload when the flow file or a file it imports changes (as on SIGHUP).
+        #[arg(long)]
+        watch: bool,
         /// `node.option=value` overrides a connector option; `NAME=value` answers `env("NAME")`.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
@@ -392,16 +398,21 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
             Ok(if c.has_errors() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
         Command::Fmt { flows, check } => fmt(&flows, check, color),
-        Command::Run { flow, set, workers, metrics_address, no_progress, log_format, verbose } => {
+        Command::Run { flow, watch, set, workers, metrics_address, no_progress, log_format, verbose } => {
             logging::init(log_format, verbose);
             let Some((plan, sources)) = compile_for_run(&flow, &catalog, color) else {
                 return Ok(ExitCode::FAILURE);
             };
             let settings = Settings::parse(&set).map_err(anyhow::Error::msg)?;
-            let mut config = RunConfig::new(workers.unwrap_or_else(default_workers));
-            config.settings = settings;
-            let progress = !no_progress && std::io::stderr().is_terminal();
-            runtime()?.block_on(run_flow(plan, sources, catalog, config, &metrics_address, progress))
+            let run = RunFlow {
+                flow,
+                watch,
+                catalog: Arc::new(catalog),
+                settings,
+                workers: workers.unwrap_or_else(default_workers),
+                progress: !no_progress && std::io::stderr().is_terminal(),
+            };
+            runtime()?.block_on(run_flow(run, plan, sources, &metrics_address))
         }
         Command::Serve { flows, address, api_keys, set, workers, log_format, verbose } => {
             logging::init(log_format, verbose);
@@ -642,26 +653,143 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
-async fn run_flow(
-    plan: Plan,
-    sources: SourceMap,
-    catalog: EngineCatalog,
-    mut config: RunConfig,
-    metrics_address: &str,
+/// What `phoenix run` runs, and how.
+struct RunFlow {
+    flow: String,
+    watch: bool,
+    catalog: Arc<EngineCatalog>,
+    settings: Settings,
+    workers: usize,
     progress: bool,
-) -> anyhow::Result<ExitCode> {
-    let metrics = Arc::new(Metrics::new(node_labels(&plan, &sources)));
-    let graph = TaskGraph::build(&plan, &sources, &metrics)?;
-    let shutdown = config.shutdown.clone();
+}
+
+/// One version of the flow, running: a reload drains it and starts the next.
+struct Generation {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), engine_run::RunError>>,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+    display: Option<(tokio::task::JoinHandle<()>, CancellationToken)>,
+}
+
+impl RunFlow {
+    /// Start `plan` with counters beside `root`'s (so `/metrics` shows it) and a readiness
+    /// under `ready`; it drains when `stopping` is cancelled, or on its own token.
+    fn start(
+        &self,
+        plan: &Plan,
+        sources: &SourceMap,
+        root: &Metrics,
+        ready: &Readiness,
+        stopping: &CancellationToken,
+    ) -> anyhow::Result<Generation> {
+        let metrics = Arc::new(root.sibling(node_labels(plan, sources)));
+        let graph = TaskGraph::build(plan, sources, &metrics)?;
+        let readiness = Readiness::new();
+        ready.add_child(readiness.clone());
+        let mut config = RunConfig::new(self.workers);
+        config.settings = self.settings.clone();
+        config.readiness = readiness.clone();
+        config.shutdown = stopping.child_token();
+        let shutdown = config.shutdown.clone();
+        let display = self.progress.then(|| {
+            let stop = CancellationToken::new();
+            (progress::spawn(metrics.clone(), stop.clone()), stop)
+        });
+        let (catalog, m) = (self.catalog.clone(), metrics.clone());
+        let task = tokio::spawn(async move { engine_run::run(graph, &catalog, m, config).await });
+        Ok(Generation { shutdown, task, metrics, readiness, display })
+    }
+
+    /// The flow compiled again, its diagnostics logged; `None` (the running flow is kept) if
+    /// it has errors. The files it was compiled from, for `--watch`, either way.
+    fn recompile(&self) -> (Watched, Option<(Plan, SourceMap)>) {
+        let c = phoenix_dsl::compile(&self.flow, &FsLoader, &*self.catalog);
+        let watched = Watched::of(&c.sources);
+        for d in c.diagnostics.iter() {
+            let (line, column) = c.sources.line_column(d.span());
+            let file = &c.sources.get(d.span().file).name;
+            let text = format!("{file}:{line}:{column}: {} {}", d.code.as_str(), d.message);
+            if d.is_error() {
+                tracing::error!(flow = %self.flow, "{text}");
+            } else {
+                tracing::warn!(flow = %self.flow, "{text}");
+            }
+        }
+        if c.has_errors() {
+            let (errors, warnings) = summary(&c.diagnostics);
+            tracing::error!(flow = %self.flow, "reload refused: {}; the running flow is kept", counts(errors, warnings));
+            return (watched, None);
+        }
+        let plan = c.plan(&*self.catalog);
+        if plan.is_none() {
+            tracing::error!(flow = %self.flow, "reload refused: the flow checked but could not be planned");
+        }
+        (watched, plan.map(|p| (p, c.sources)))
+    }
+}
+
+impl Generation {
+    /// Drain it as on SIGTERM and wait until it has stopped; its counters and readiness go.
+    async fn stop(mut self, ready: &Readiness) -> Result<(), engine_run::RunError> {
+        self.shutdown.cancel();
+        let result = (&mut self.task).await.unwrap_or_else(|e| Err(engine_run::RunError::Internal(e.to_string())));
+        self.end(ready).await;
+        result
+    }
+
+    async fn end(self, ready: &Readiness) {
+        ready.remove_child(&self.readiness);
+        self.metrics.forget();
+        if let Some((display, stop)) = self.display {
+            stop.cancel();
+            let _ = display.await;
+        }
+    }
+}
+
+/// SIGHUP, or never (where there are no such signals, or it cannot be caught).
+async fn hangup(signal: &mut Option<Hangup>) {
+    match signal {
+        #[cfg(unix)]
+        Some(s) => {
+            s.recv().await;
+        }
+        #[cfg(not(unix))]
+        Some(()) => std::future::pending().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(unix)]
+type Hangup = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangup = ();
+
+fn hangups() -> Option<Hangup> {
+    #[cfg(unix)]
+    {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+async fn run_flow(run: RunFlow, plan: Plan, sources: SourceMap, metrics_address: &str) -> anyhow::Result<ExitCode> {
+    // One registry for every version of the flow: a reload swaps the counters in it.
+    let root = Arc::new(Metrics::new([]));
     let health = Health::new();
-    config.readiness = health.readiness();
+    let ready = health.readiness();
+    let stopping = CancellationToken::new();
     // Serve /health, /ready and /metrics until the flow has drained (/ready says "stopping"
     // meanwhile).
     let served = CancellationToken::new();
     if metrics_address != "off" {
         let listener = server::bind(metrics_address).await?;
         tracing::info!(address = %listener.local_addr()?, "serving /health, /ready and /metrics");
-        let (m, h, stop) = (metrics.clone(), health.clone(), served.clone());
+        let (m, h, stop) = (root.clone(), health.clone(), served.clone());
         tokio::spawn(async move {
             if let Err(e) = server::serve(listener, m, h, async move { stop.cancelled().await }).await {
                 tracing::error!("metrics server: {e}");
@@ -669,25 +797,66 @@ async fn run_flow(
         });
     }
     let signals = {
-        let (shutdown, health) = (shutdown.clone(), health.clone());
+        let (stopping, health) = (stopping.clone(), health.clone());
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("stopping: draining in-flight events (press Ctrl-C again to exit at once)");
             health.set_draining();
-            shutdown.cancel();
+            stopping.cancel();
             wait_for_signal().await;
             tracing::warn!("second signal: exiting without draining");
             std::process::exit(130);
         })
     };
-    let display = progress.then(|| progress::spawn(metrics.clone(), served.clone()));
-    let result = engine_run::run(graph, &catalog, metrics.clone(), config).await;
+    let mut hup = hangups();
+    let mut watched = Watched::of(&sources);
+    let mut current = run.start(&plan, &sources, &root, &ready, &stopping)?;
+    ready.started();
+    let mut poll = tokio::time::interval(WATCH_POLL);
+    // The run's outcome, and the counters of the version that ran last (for the summary).
+    let (result, last) = loop {
+        let reload = tokio::select! {
+            r = &mut current.task => {
+                let r = r.unwrap_or_else(|e| Err(engine_run::RunError::Internal(e.to_string())));
+                let metrics = current.metrics.clone();
+                current.end(&ready).await;
+                break (r, metrics);
+            }
+            _ = hangup(&mut hup) => true,
+            _ = poll.tick(), if run.watch => watched.changed(),
+        };
+        if !reload || stopping.is_cancelled() {
+            continue;
+        }
+        if run.flow == "-" {
+            tracing::warn!("the flow was read from stdin: there is nothing to reload");
+            continue;
+        }
+        tracing::info!(flow = %run.flow, "reloading the flow files");
+        let (w, next) = run.recompile();
+        watched = w;
+        let Some((plan, sources)) = next else { continue };
+        // A graph that cannot be built keeps the running one (built here with counters of its
+        // own: the new version's must not be forgotten with the old one's).
+        if let Err(e) = TaskGraph::build(&plan, &sources, &Metrics::new(node_labels(&plan, &sources))) {
+            tracing::error!(flow = %run.flow, "reload refused: {e}; the running flow is kept");
+            continue;
+        }
+        tracing::info!(flow = %run.flow, "reload: draining the running flow, then starting the new one");
+        let metrics = current.metrics.clone();
+        if let Err(e) = current.stop(&ready).await {
+            break (Err(e), metrics);
+        }
+        if stopping.is_cancelled() {
+            break (Ok(()), metrics);
+        }
+        current = run.start(&plan, &sources, &root, &ready, &stopping)?;
+        tracing::info!(flow = %run.flow, "reload: the new flow is running");
+    };
     served.cancel();
     signals.abort();
-    if let Some(d) = display {
-        let _ = d.await;
-    } else {
-        eprint!("{}", progress::summary(&metrics));
+    if !run.progress {
+        eprint!("{}", progress::summary(&last));
     }
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),

@@ -12,6 +12,7 @@ pub mod exec;
 pub mod loader;
 pub mod observability;
 pub mod options;
+pub mod reload;
 pub mod run;
 pub mod taskgraph;
 pub mod testing;

@@ -311,6 +311,7 @@ impl Builder<'_> {
                         .enumerate()
                         .map(|(k, a)| {
                             Ok(Arm {
+                                label: a.label.clone(),
                                 condition: a.condition.as_ref().map(|c| self.phys(to, c, stream)).transpose()?,
                                 out: self.pipeline(to, Port::Arm(k), &node.output, enc)?,
                             })

@@ -61,6 +61,15 @@ pub struct Compiled {
     pub warnings: Vec<ApiDiagnostic>,
 }
 
+impl Compiled {
+    /// The task graph a run of it would build, with counters of its own that no `/metrics`
+    /// shows (for `POST /api/v1/route`, which runs nothing).
+    pub fn task_graph(&self) -> Result<TaskGraph, crate::taskgraph::PlanError> {
+        let metrics = Metrics::new(node_labels(&self.plan, &self.sources));
+        TaskGraph::build(&self.plan, &self.sources, &metrics)
+    }
+}
+
 /// A flow's counters, as `GET /api/v1/flows/{name}` shows them.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeCounts {

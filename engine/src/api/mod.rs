@@ -17,6 +17,7 @@ pub mod store;
 use crate::api::flows::{ApiDiagnostic, ChangeError, Flows};
 use crate::api::keys::{KeyFile, Scope};
 use crate::api::store::{FlowStore, StoreError, check_name};
+use crate::exec::trace::trace;
 use crate::observability::metrics::Metrics;
 use crate::observability::server::{self, Health, ServerError};
 use crate::options::Settings;
@@ -27,7 +28,7 @@ use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::json;
 use std::future::Future;
 use std::sync::Arc;
@@ -106,6 +107,7 @@ pub fn router(flows: Arc<Flows>, keys: KeyFile) -> Router {
         .route("/api/v1/flows", get(list_flows))
         .route("/api/v1/flows/{name}", get(get_flow).put(put_flow).delete(delete_flow))
         .route("/api/v1/routes", get(list_routes))
+        .route("/api/v1/route", post(route_event))
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(api)
@@ -133,14 +135,16 @@ fn store_error(e: StoreError) -> Response {
     }
 }
 
-/// `Authorization: Bearer KEY` with a key of the scope the method needs (GET and HEAD read,
-/// everything else writes). The key itself is never logged.
+/// `Authorization: Bearer KEY` with a key of the scope the call needs (GET, HEAD and `POST
+/// /api/v1/route`, which changes nothing, read; everything else writes). The key itself is
+/// never logged.
 async fn authorize(State(api): State<Api>, request: Request, next: Next) -> Response {
     let presented = request.headers().get(header::AUTHORIZATION).and_then(|v| bearer(v.as_bytes()));
     let Some(presented) = presented.filter(|p| !p.is_empty()) else {
         return unauthorized("an API key is needed: `Authorization: Bearer KEY`");
     };
-    let needed = if matches!(*request.method(), Method::GET | Method::HEAD) { Scope::Read } else { Scope::Write };
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD) || request.uri().path() == "/api/v1/route";
+    let needed = if reads { Scope::Read } else { Scope::Write };
     match api.keys.scope(presented) {
         None => unauthorized("the API key is not valid"),
         Some(scope) if scope < needed => error(StatusCode::FORBIDDEN, "this API key may only read"),
@@ -307,6 +311,89 @@ async fn list_routes(State(api): State<Api>, uri: Uri) -> Response {
         }
     }
     Json(json!({ "routes": arms })).into_response()
+}
+
+/// `POST /api/v1/route[?type=T][&field=F][&flow=NAME][&source=S]`: what the stored flows that
+/// compile (or `NAME`) would do with the one event in the body, traced through each source's
+/// decoder and pipelines ([`crate::exec::trace`]); nothing is written anywhere.
+async fn route_event(State(api): State<Api>, uri: Uri, body: Result<Bytes, BytesRejection>) -> Response {
+    let mut ty = None;
+    let mut field = "type".to_string();
+    let mut only = None;
+    let mut source = None;
+    for (k, v) in query_pairs(uri.query().unwrap_or("")) {
+        match k.as_str() {
+            "type" => ty = Some(v),
+            "field" => field = v,
+            "flow" => only = Some(v),
+            "source" => source = Some(v),
+            other => return error(StatusCode::BAD_REQUEST, format!("unknown query parameter `{other}`")),
+        }
+    }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return error(e.status(), e.body_text()),
+    };
+    if body.trim_ascii().is_empty() {
+        return error(StatusCode::BAD_REQUEST, "the body must be one JSON event");
+    }
+    let payload = match &ty {
+        Some(t) => match with_type(&body, &field, t) {
+            Ok(p) => p,
+            Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        },
+        None => body.to_vec(),
+    };
+    let store = api.flows.store();
+    let names = match (&only, store.list()) {
+        (_, Err(e)) => return store_error(e),
+        (Some(f), Ok(names)) if !names.contains(f) => {
+            return error(StatusCode::NOT_FOUND, format!("no flow named `{f}`"));
+        }
+        (Some(f), Ok(_)) => vec![f.clone()],
+        (None, Ok(names)) => names,
+    };
+    let mut flows = Vec::new();
+    let mut skipped = Vec::new();
+    for name in names {
+        let text = match store.get(&name) {
+            Ok(Some(t)) => t,
+            Ok(None) => continue,
+            Err(e) => return store_error(e),
+        };
+        let graph = match api.flows.compile(&name, &text) {
+            Ok(c) => c.task_graph().map_err(|e| e.to_string()),
+            Err(d) => Err(format!("does not compile ({} diagnostics)", d.len())),
+        };
+        match graph {
+            Ok(g) => {
+                let sources = trace(&g, &payload, source.as_deref());
+                if !sources.is_empty() {
+                    flows.push(json!({"flow": name, "sources": sources}));
+                }
+            }
+            Err(reason) => skipped.push(json!({"flow": name, "reason": reason})),
+        }
+    }
+    let event = serde_json::from_slice::<serde_json::Value>(&payload)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&payload).into_owned()));
+    Json(json!({"event": event, "flows": flows, "skipped": skipped})).into_response()
+}
+
+/// The event with its field `field` set to `value`: added when absent, refused when it holds
+/// another value. A body that is no JSON object is left as it is, for the decoder to explain.
+fn with_type(body: &[u8], field: &str, value: &str) -> Result<Vec<u8>, String> {
+    let Ok(serde_json::Value::Object(mut event)) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Ok(body.to_vec());
+    };
+    match event.get(field) {
+        None => {
+            event.insert(field.to_string(), serde_json::Value::String(value.to_string()));
+            Ok(serde_json::Value::Object(event).to_string().into_bytes())
+        }
+        Some(serde_json::Value::String(s)) if s == value => Ok(body.to_vec()),
+        Some(other) => Err(format!("the event's `{field}` is {other}, not \"{value}\" as `type` says")),
+    }
 }
 
 /// `a=1&b=x%20y` → pairs, percent-decoded (`+` is a space); a malformed escape is kept as is.

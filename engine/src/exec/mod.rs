@@ -8,6 +8,7 @@ pub mod encode;
 pub mod flat;
 pub mod json;
 pub mod pipeline;
+pub mod trace;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use phoenix_dsl::types::StreamType;

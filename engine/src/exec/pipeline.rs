@@ -96,7 +96,7 @@ impl Narrow {
         only_here.then(|| Narrow { schema: prune(schema, &after), keep: after })
     }
 
-    fn apply(&self, batch: &RecordBatch) -> StageResult<RecordBatch> {
+    pub(crate) fn apply(&self, batch: &RecordBatch) -> StageResult<RecordBatch> {
         let columns = batch
             .columns()
             .iter()
@@ -124,6 +124,8 @@ pub enum Column {
 
 #[derive(Debug)]
 pub struct Arm {
+    /// The pattern as written (`'order'`, `when amount > 10`, `else`), for traces.
+    pub label: String,
     /// `None`: the `else` arm.
     pub condition: Option<PhysExpr>,
     pub out: Pipeline,
@@ -136,7 +138,7 @@ pub struct Emit {
     pub dead: Vec<DeadLetter>,
 }
 
-type StageResult<T> = Result<T, String>;
+pub(crate) type StageResult<T> = Result<T, String>;
 
 impl Pipeline {
     pub fn is_empty(&self) -> bool {
@@ -232,7 +234,7 @@ impl Pipeline {
 }
 
 impl SinkTarget {
-    fn push(&self, batch: &RecordBatch, ack: &Ack, emit: &mut Emit) -> StageResult<()> {
+    pub(crate) fn push(&self, batch: &RecordBatch, ack: &Ack, emit: &mut Emit) -> StageResult<()> {
         let mut fields = Vec::with_capacity(self.exprs.len());
         for (name, e) in &self.exprs {
             fields.push((name.clone(), evaluate(e, batch)?));
@@ -262,68 +264,12 @@ impl Stage {
                 out.push(&keep, ack, emit);
             }
             Op::Project { items, columns, schema, out } => {
-                let values = items.iter().map(|e| evaluate(e, batch)).collect::<StageResult<Vec<_>>>()?;
-                let mut arrays = Vec::with_capacity(columns.len() + 1);
-                for (c, field) in columns.iter().zip(schema.fields()) {
-                    let a = match c {
-                        Column::Item(i) => values[*i].clone(),
-                        Column::Input(i) => batch.column(*i).clone(),
-                        Column::Unused => Arc::new(NullArray::new(batch.num_rows())),
-                        Column::Null => new_null_array(field.data_type(), batch.num_rows()),
-                        Column::UnusedItem(i, ty) => {
-                            if values[*i].data_type() != ty {
-                                cast(&values[*i], ty).map_err(|e| e.to_string())?;
-                            }
-                            Arc::new(NullArray::new(batch.num_rows()))
-                        }
-                    };
-                    let a = if a.data_type() == field.data_type() {
-                        a
-                    } else {
-                        cast(&a, field.data_type()).map_err(|e| e.to_string())?
-                    };
-                    arrays.push(a);
-                }
-                let raw = batch.column_by_name(RAW_COLUMN).ok_or("batch without raw payloads")?;
-                arrays.push(raw.clone());
-                let projected = RecordBatch::try_new(schema.clone(), arrays).map_err(|e| e.to_string())?;
+                let projected = project(items, columns, schema, batch)?;
                 self.stats.events_out.inc_by(projected.num_rows() as u64);
                 out.push(&projected, ack, emit);
             }
             Op::Route { all, arms, narrow } => {
-                // Evaluate every condition first, so a failure sends nothing on.
-                let conds = arms
-                    .iter()
-                    .map(|a| a.condition.as_ref().map(|c| mask(c, batch)).transpose())
-                    .collect::<StageResult<Vec<_>>>()?;
-                let mut taken: Option<BooleanArray> = None;
-                let mut selections = Vec::with_capacity(arms.len());
-                for cond in &conds {
-                    let sel = match (cond, &taken) {
-                        (Some(c), None) => c.clone(),
-                        (Some(c), Some(t)) if !*all => and_not(c, t).map_err(|e| e.to_string())?,
-                        (Some(c), Some(_)) => c.clone(),
-                        // `else`: what no other arm took (for `route all`, what no arm matched).
-                        (None, None) => BooleanArray::from(vec![true; batch.num_rows()]),
-                        (None, Some(t)) => not(t).map_err(|e| e.to_string())?,
-                    };
-                    if let Some(c) = cond {
-                        taken = Some(match &taken {
-                            None => c.clone(),
-                            Some(t) => or(t, c).map_err(|e| e.to_string())?,
-                        });
-                    }
-                    selections.push(sel);
-                }
-                // An `else` arm before others would see rows later arms take; the checker puts
-                // `else` last, so each selection is final here.
-                let narrowed = narrow.as_ref().map(|n| n.apply(batch)).transpose()?;
-                let rows = narrowed.as_ref().unwrap_or(batch);
-                let mut outs = Vec::with_capacity(arms.len());
-                for sel in &selections {
-                    outs.push(filter(sel, rows)?);
-                }
-                for (arm, b) in arms.iter().zip(outs) {
+                for (arm, b) in arms.iter().zip(route(*all, arms, narrow.as_ref(), batch)?) {
                     self.stats.events_out.inc_by(b.num_rows() as u64);
                     arm.out.push(&b, ack, emit);
                 }
@@ -332,6 +278,78 @@ impl Stage {
         }
         Ok(())
     }
+}
+
+/// A `select`'s output batch (its input's raw payloads carried on).
+pub(crate) fn project(
+    items: &[PhysExpr],
+    columns: &[Column],
+    schema: &SchemaRef,
+    batch: &RecordBatch,
+) -> StageResult<RecordBatch> {
+    let values = items.iter().map(|e| evaluate(e, batch)).collect::<StageResult<Vec<_>>>()?;
+    let mut arrays = Vec::with_capacity(columns.len() + 1);
+    for (c, field) in columns.iter().zip(schema.fields()) {
+        let a = match c {
+            Column::Item(i) => values[*i].clone(),
+            Column::Input(i) => batch.column(*i).clone(),
+            Column::Unused => Arc::new(NullArray::new(batch.num_rows())),
+            Column::Null => new_null_array(field.data_type(), batch.num_rows()),
+            Column::UnusedItem(i, ty) => {
+                if values[*i].data_type() != ty {
+                    cast(&values[*i], ty).map_err(|e| e.to_string())?;
+                }
+                Arc::new(NullArray::new(batch.num_rows()))
+            }
+        };
+        let a = if a.data_type() == field.data_type() {
+            a
+        } else {
+            cast(&a, field.data_type()).map_err(|e| e.to_string())?
+        };
+        arrays.push(a);
+    }
+    let raw = batch.column_by_name(RAW_COLUMN).ok_or("batch without raw payloads")?;
+    arrays.push(raw.clone());
+    RecordBatch::try_new(schema.clone(), arrays).map_err(|e| e.to_string())
+}
+
+/// The rows each arm of a route gets, arm by arm.
+pub(crate) fn route(
+    all: bool,
+    arms: &[Arm],
+    narrow: Option<&Narrow>,
+    batch: &RecordBatch,
+) -> StageResult<Vec<RecordBatch>> {
+    // Evaluate every condition first, so a failure sends nothing on.
+    let conds = arms
+        .iter()
+        .map(|a| a.condition.as_ref().map(|c| mask(c, batch)).transpose())
+        .collect::<StageResult<Vec<_>>>()?;
+    let mut taken: Option<BooleanArray> = None;
+    let mut selections = Vec::with_capacity(arms.len());
+    for cond in &conds {
+        let sel = match (cond, &taken) {
+            (Some(c), None) => c.clone(),
+            (Some(c), Some(t)) if !all => and_not(c, t).map_err(|e| e.to_string())?,
+            (Some(c), Some(_)) => c.clone(),
+            // `else`: what no other arm took (for `route all`, what no arm matched).
+            (None, None) => BooleanArray::from(vec![true; batch.num_rows()]),
+            (None, Some(t)) => not(t).map_err(|e| e.to_string())?,
+        };
+        if let Some(c) = cond {
+            taken = Some(match &taken {
+                None => c.clone(),
+                Some(t) => or(t, c).map_err(|e| e.to_string())?,
+            });
+        }
+        selections.push(sel);
+    }
+    // An `else` arm before others would see rows later arms take; the checker puts `else`
+    // last, so each selection is final here.
+    let narrowed = narrow.map(|n| n.apply(batch)).transpose()?;
+    let rows = narrowed.as_ref().unwrap_or(batch);
+    selections.iter().map(|sel| filter(sel, rows)).collect()
 }
 
 /// `schema` with the columns nobody reads typed `Null`: they travel as `NullArray`s, which
@@ -371,7 +389,7 @@ fn isolate(
     isolate(&batch.slice(mid, n - mid), title, stats, emit, f);
 }
 
-fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
@@ -390,7 +408,7 @@ fn evaluate(e: &PhysExpr, batch: &RecordBatch) -> StageResult<ArrayRef> {
 }
 
 /// A predicate's value as a selection: NULL selects nothing (three-valued logic).
-fn mask(e: &PhysExpr, batch: &RecordBatch) -> StageResult<BooleanArray> {
+pub(crate) fn mask(e: &PhysExpr, batch: &RecordBatch) -> StageResult<BooleanArray> {
     let v = evaluate(e, batch)?;
     let b = v.as_boolean_opt().ok_or_else(|| format!("condition gave {} instead of bool", v.data_type()))?;
     Ok(if b.null_count() > 0 { prep_null_mask_filter(b) } else { b.clone() })
