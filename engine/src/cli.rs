@@ -63,6 +63,8 @@ enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
         format: GraphFormat,
     },
+    /// The language server for editors (LSP over standard input and output).
+    Lsp,
     /// Format flow files in the canonical layout.
     Fmt {
         flows: Vec<String>,
@@ -367,6 +369,10 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
             Ok(if c.has_errors() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
         Command::Fmt { flows, check } => fmt(&flows, check, color),
+        Command::Lsp => {
+            crate::lsp::serve_stdio()?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run { flow, set, workers, metrics_address, no_progress, log_format, verbose } => {
             logging::init(log_format, verbose);
             let Some((plan, sources)) = compile_for_run(&flow, &catalog, color) else {

@@ -9,6 +9,7 @@ pub mod connectors;
 pub mod docs;
 pub mod exec;
 pub mod loader;
+pub mod lsp;
 pub mod observability;
 pub mod options;
 pub mod run;
