@@ -8,6 +8,7 @@
 //! large flow takes milliseconds, so there is nothing to cancel.
 
 mod actions;
+pub mod bench;
 mod complete;
 mod diagnostics;
 mod hover;
