@@ -57,6 +57,8 @@ pub struct Report {
     pub latencies: Vec<Duration>,
     /// `dsl::compile` alone on the same text (sorted), for comparison.
     pub compiles: Vec<Duration>,
+    /// Of which parsing the root file (sorted).
+    pub parses: Vec<Duration>,
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -98,7 +100,9 @@ impl fmt::Display for Report {
             ms(pct(l, 1.0))
         )?;
         let c = &self.compiles;
-        writeln!(f, "of which compile (parse + check): median {}, p99 {}", ms(pct(c, 0.5)), ms(pct(c, 0.99)))
+        writeln!(f, "of which compile (parse + check): median {}, p99 {}", ms(pct(c, 0.5)), ms(pct(c, 0.99)))?;
+        let p = &self.parses;
+        writeln!(f, "of which parsing the root file: median {}, p99 {}", ms(pct(p, 0.5)), ms(pct(p, 0.99)))
     }
 }
 
@@ -126,6 +130,7 @@ pub fn run(dir: &Path, edits: usize) -> Result<Report, LspError> {
     let name = path.to_string_lossy().into_owned();
     let mut latencies = Vec::with_capacity(edits);
     let mut compiles = Vec::with_capacity(edits);
+    let mut parses = Vec::with_capacity(edits);
     let mut text = root.clone();
     for version in 1..=edits as i32 {
         // Alternate between a changed threshold in some route and a typo there and back, so
@@ -152,6 +157,10 @@ pub fn run(dir: &Path, edits: usize) -> Result<Report, LspError> {
         let c = phoenix_dsl::compile(&name, &loader, &catalog);
         compiles.push(start.elapsed());
         drop(c);
+        let start = Instant::now();
+        let parsed = phoenix_dsl::parser::parse(phoenix_dsl::span::FileId(0), &text);
+        parses.push(start.elapsed());
+        drop(parsed);
     }
     send(Request::new(RequestId::from(2), "shutdown".into(), Value::Null).into())?;
     wait(&client, |m| matches!(m, Message::Response(_)))?;
@@ -159,7 +168,8 @@ pub fn run(dir: &Path, edits: usize) -> Result<Report, LspError> {
     thread.join().map_err(|_| LspError::Send("the server thread panicked".into()))??;
     latencies.sort();
     compiles.sort();
-    Ok(Report { lines: root.lines().count(), bytes: root.len(), edits, latencies, compiles })
+    parses.sort();
+    Ok(Report { lines: root.lines().count(), bytes: root.len(), edits, latencies, compiles, parses })
 }
 
 fn is_diagnostics(m: &Message, version: i32) -> bool {

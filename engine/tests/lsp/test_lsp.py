@@ -294,6 +294,9 @@ async def test_completion_in_the_middle_of_an_edit(client: LanguageClient, examp
     got = await at_edit("from_http | search", "from_http | ")
     assert {"search", "rejected", "dead_letters", "where", "select", "drop"} <= got
     assert "api" not in got
+    # Sinks and `drop` as an arm's target.
+    got = await at_edit("  'product' => products,", "  'product' => ")
+    assert {"products", "rejected", "drop", "where", "select", "route"} <= got
     # Streams after `route`.
     got = await at_edit("route from_http by type", "route ")
     assert {"api", "from_http", "api.errors", "search.errors"} <= got and "search" not in got
@@ -304,7 +307,7 @@ async def test_completion_in_the_middle_of_an_edit(client: LanguageClient, examp
     assert {"linger", "bulk_max_bytes", "max_attempts"} <= got and "url" not in got
     # Values of other arms routed by the same key.
     got = await at_edit("  'supplier' => suppliers,\n", "  \n", 2)
-    assert {"'product'", "'order'", "'supplier'"} <= got
+    assert {"'product'", "'order'", "'supplier'", "else"} <= got
 
 
 async def test_completion_items_carry_types_and_docs(client: LanguageClient, examples):
