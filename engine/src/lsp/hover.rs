@@ -44,7 +44,9 @@ pub fn describe(
                 Some(owner) => {
                     let _ = write!(s, "\n\nfield of {owner}");
                 }
-                None => s.push_str("\n\nfield of the `.errors` record (every dead letter has it)"),
+                None => s.push_str(
+                    "\n\nnot declared in a flow file: a field of the `.errors` record, or metadata a `select` copied",
+                ),
             }
             if info.optional {
                 s.push_str("\n\nOptional: NULL when absent or null.");
