@@ -638,7 +638,7 @@ async fn run_flow(
     plan: Plan,
     sources: SourceMap,
     catalog: EngineCatalog,
-    config: RunConfig,
+    mut config: RunConfig,
     metrics_address: &str,
     progress: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -646,11 +646,13 @@ async fn run_flow(
     let graph = TaskGraph::build(&plan, &sources, &metrics)?;
     let shutdown = config.shutdown.clone();
     let health = Health::new();
-    // Serve /health and /metrics until the flow has drained (they say "stopping" meanwhile).
+    config.readiness = health.readiness();
+    // Serve /health, /ready and /metrics until the flow has drained (/ready says "stopping"
+    // meanwhile).
     let served = CancellationToken::new();
     if metrics_address != "off" {
         let listener = server::bind(metrics_address).await?;
-        tracing::info!(address = %listener.local_addr()?, "serving /health and /metrics");
+        tracing::info!(address = %listener.local_addr()?, "serving /health, /ready and /metrics");
         let (m, h, stop) = (metrics.clone(), health.clone(), served.clone());
         tokio::spawn(async move {
             if let Err(e) = server::serve(listener, m, h, async move { stop.cancelled().await }).await {

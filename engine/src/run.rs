@@ -11,6 +11,7 @@ use crate::exec::batch::{DeadLetter, RawBatch, SinkBatch};
 use crate::exec::decode::Decoder;
 use crate::exec::pipeline::{Emit, Pipeline, dead_letter_batch};
 use crate::observability::metrics::{Metrics, NodeStats};
+use crate::observability::readiness::{Connected, Readiness};
 use crate::options::{OptionError, Options, Settings};
 use crate::taskgraph::{TaskGraph, raw_queue};
 use arrow::array::{Array, BinaryArray, UInt32Array};
@@ -50,6 +51,8 @@ pub struct RunConfig {
     pub sinks: HashMap<String, Box<dyn Sink>>,
     /// Cancel to stop the flow gracefully.
     pub shutdown: CancellationToken,
+    /// Where each source and sink reports that it reached its service (`/ready`).
+    pub readiness: Readiness,
 }
 
 impl std::fmt::Debug for RunConfig {
@@ -66,6 +69,7 @@ impl RunConfig {
             sources: HashMap::new(),
             sinks: HashMap::new(),
             shutdown: CancellationToken::new(),
+            readiness: Readiness::new(),
         }
     }
 }
@@ -175,7 +179,8 @@ pub async fn run(
         let ctx =
             SourceContext::new(plan.name.clone(), plan.stream.clone(), options, tx, shutdown.clone(), stats.clone())
                 .map_err(|error| RunError::Connector { node: plan.title.clone(), error })?
-                .with_metadata_read(plan.decoder.metadata_read());
+                .with_metadata_read(plan.decoder.metadata_read())
+                .with_connected(config.readiness.register(&plan.title));
         let title = plan.title.clone();
         source_tasks
             .spawn(async move { source.run(ctx).await.map_err(|error| RunError::Connector { node: title, error }) });
@@ -195,8 +200,26 @@ pub async fn run(
         }
     }
     let mut sink_tasks = JoinSet::new();
+    let mut probes = Vec::new();
     for ((plan, (sink, retry)), rx) in graph.sinks.iter().zip(sinks).zip(sink_rx) {
+        let connected = config.readiness.register(&plan.title);
+        // A sink that reaches a service says when it has; the first accepted flush says so too.
+        let probe = match sink.connected() {
+            Some(reached) => {
+                let connected = connected.clone();
+                Some(tokio::spawn(async move {
+                    reached.await;
+                    connected.set();
+                }))
+            }
+            None => {
+                connected.set();
+                None
+            }
+        };
+        probes.extend(probe);
         let runner = SinkRunner {
+            connected,
             title: plan.title.clone(),
             sink,
             retry,
@@ -209,6 +232,7 @@ pub async fn run(
         sink_tasks.spawn(runner.run(rx));
     }
     drop(sink_tx);
+    config.readiness.started();
 
     let mut first_error = None;
     while let Some(r) = source_tasks.join_next().await {
@@ -230,6 +254,7 @@ pub async fn run(
             first_error.get_or_insert(RunError::Internal(format!("sink task failed: {e}")));
         }
     }
+    probes.iter().for_each(tokio::task::JoinHandle::abort);
     first_error.map_or(Ok(()), Err)
 }
 
@@ -341,6 +366,8 @@ fn unhandled(dead: &[DeadLetter], stats: &NodeStats, logged: &AtomicU64) {
 /// flushed or dead-lettered.
 struct SinkRunner {
     title: String,
+    /// Set by the first flush the service accepted (if the sink's probe did not set it before).
+    connected: Connected,
     sink: Box<dyn Sink>,
     retry: Retry,
     errors: Arc<Pipeline>,
@@ -517,6 +544,7 @@ impl SinkRunner {
         let total: usize = written.iter().map(|p| p.batch.len()).sum();
         match result {
             Ok(()) => {
+                self.connected.set();
                 self.stats.events_out.inc_by(total as u64);
             }
             Err(Failure::Whole(error, n)) => {
@@ -547,6 +575,9 @@ impl SinkRunner {
                     by_part[k].push(item);
                 }
                 let failed: usize = by_part.iter().map(Vec::len).sum();
+                if failed < total {
+                    self.connected.set();
+                }
                 self.stats.events_out.inc_by((total - failed) as u64);
                 for (part, items) in written.iter().zip(by_part) {
                     if !items.is_empty() {

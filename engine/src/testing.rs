@@ -65,6 +65,7 @@ pub struct MemorySource {
 impl Source for MemorySource {
     fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), ConnectorError>> {
         Box::pin(async move {
+            ctx.set_connected();
             for (n, chunk) in self.events.chunks(ctx.batch_size).enumerate() {
                 let mut b = RawBatchBuilder::default();
                 chunk.iter().for_each(|e| b.push(e));

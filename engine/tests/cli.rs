@@ -201,3 +201,92 @@ fn run_reports_a_bad_connector_before_reading() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("/nonexistent/x.jsonl") && stderr.contains("does not exist"), "{stderr}");
 }
+
+/// `/ready` waits for every source and sink to reach its service and names the ones that have
+/// not; a broker that cannot be reached is one log line per node, not librdkafka's dozens a
+/// second; `/health` stays 200.
+#[test]
+fn ready_names_what_is_not_connected_and_an_unreachable_broker_is_one_line() {
+    let dir = temp("ready");
+    let flow = dir.join("flow.phx");
+    // Nothing listens there: the port was free a moment ago.
+    let (closed, api, metrics) = (free_port(), free_port(), free_port());
+    std::fs::write(
+        &flow,
+        format!(
+            "schema E {{ id: int }}\n\
+             source api = http {{ address = \"127.0.0.1:{api}\" }} as E\n\
+             source orders = kafka {{ brokers = \"127.0.0.1:{closed}\", topic = \"orders\", group = \"g\" }} as E\n\
+             sink out = file {{ path = \"{out}\" }}\n\
+             sink copy = kafka {{ brokers = \"127.0.0.1:{closed}\", topic = \"copy\" }}\n\
+             api | out\norders | copy\n",
+            out = dir.join("out.jsonl").display()
+        ),
+    )
+    .unwrap();
+    let log = dir.join("stderr.log");
+    let child = phoenix()
+        .args(["run", flow.to_str().unwrap(), "--no-progress", "--metrics-address", &format!("127.0.0.1:{metrics}")])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut waiting = String::new();
+    eventually("/ready to name the nodes still connecting", || match http(metrics, "GET", "/ready", b"") {
+        Some((503, body)) if body.contains("connecting") && !body.contains("source api") => {
+            waiting = body;
+            true
+        }
+        _ => false,
+    });
+    let v: serde_json::Value = serde_json::from_str(&waiting).unwrap();
+    let names: Vec<&str> = v["waiting"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+    assert_eq!(names.len(), 2, "{waiting}");
+    assert!(names[0].starts_with("source orders (kafka)") && names[1].starts_with("sink copy (kafka)"), "{waiting}");
+    let (status, body) = http(metrics, "GET", "/health", b"").unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    // Five seconds of librdkafka retrying: before, ~30 lines a second.
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(started.elapsed()));
+    assert_eq!(http(metrics, "GET", "/ready", b"").unwrap().0, 503, "still not connected");
+    signal(&child, "-TERM");
+    let out = wait(child, Duration::from_secs(60));
+    assert!(out.status.success(), "exit {:?}", out.status);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let before_stop: Vec<&str> = text.lines().take_while(|l| !l.contains("stopping: draining")).collect();
+    let unreachable: Vec<&&str> = before_stop.iter().filter(|l| l.contains("cannot reach the Kafka brokers")).collect();
+    assert_eq!(unreachable.len(), 2, "one line per Kafka node:\n{text}");
+    assert!(unreachable.iter().any(|l| l.contains("node=source orders")), "{text}");
+    assert!(unreachable.iter().any(|l| l.contains("node=sink copy")), "{text}");
+    assert!(unreachable[0].contains(&format!("127.0.0.1:{closed}")), "names the brokers: {text}");
+    assert!(before_stop.len() <= 8, "{} lines in 5 s:\n{text}", before_stop.len());
+}
+
+/// A flow whose sources and sinks need nothing outside the process is ready once it runs.
+#[test]
+fn ready_once_running() {
+    let dir = temp("ready-ok");
+    let flow = dir.join("flow.phx");
+    let (api, metrics) = (free_port(), free_port());
+    std::fs::write(
+        &flow,
+        format!(
+            "schema E {{ id: int }}\nsource api = http {{ address = \"127.0.0.1:{api}\" }} as E\n\
+             sink out = file {{ path = \"{}\" }}\napi | out\n",
+            dir.join("out.jsonl").display()
+        ),
+    )
+    .unwrap();
+    let child = phoenix()
+        .args(["run", flow.to_str().unwrap(), "--no-progress", "--metrics-address", &format!("127.0.0.1:{metrics}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually("/ready 200", || http(metrics, "GET", "/ready", b"").is_some_and(|(s, _)| s == 200));
+    assert_eq!(http(metrics, "GET", "/ready", b"").unwrap().1, r#"{"status":"ready"}"#);
+    signal(&child, "-TERM");
+    let out = wait(child, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -240,3 +240,94 @@ fn a_frozen_broker_is_waited_out() {
     let got: BTreeSet<i64> = ids(&read_all(&t, "out")).into_iter().collect();
     assert_eq!(got, expected(n, &[]), "caught up, nothing lost");
 }
+
+/// One replica of the flow with its own `/ready` port and log (`phoenix-NAME.log`).
+fn replica(flow: &Path, t: &Tansu, name: &str) -> (Guard, u16) {
+    let port = support::free_port();
+    let log = std::fs::File::create(flow.with_file_name(format!("phoenix-{name}.log"))).unwrap();
+    let child = support::phoenix()
+        .args(["run", flow.to_str().unwrap(), "--no-progress", "-v"])
+        .args(["--metrics-address", &format!("127.0.0.1:{port}")])
+        .env("KAFKA_BROKERS", t.brokers())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    (Guard::new(child), port)
+}
+
+fn ready(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = write!(s, "GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200")
+}
+
+/// A rolling update as Kubernetes runs one (`maxUnavailable: 0`): two replicas share the
+/// partitions in one consumer group; a third starts and, once `/ready` (its consumer has an
+/// assignment), an old one gets SIGTERM mid-stream while events are still being produced. It
+/// drains and commits what it delivered; the group rebalances. Every event must arrive;
+/// duplicates (events a replica had read but not committed when its partitions moved) are
+/// counted and reported.
+#[test]
+fn a_rolling_update_loses_nothing() {
+    let (t, dir) = setup("kafka-rolling");
+    let n: i64 = 12_000;
+    let data = payloads(n, &[]);
+    let lines: Vec<&[u8]> = data.split_inclusive(|b| *b == b'\n').collect();
+    let chunk = |from: i64, to: i64| -> Vec<u8> { lines[from as usize..to as usize].concat() };
+    let produce_from = |from: i64, to: i64| {
+        python_client(
+            &["kafka-produce", &t.brokers(), "in", &PARTITIONS.to_string(), &from.to_string()],
+            Some(&chunk(from, to)),
+            &[],
+        );
+    };
+    produce_from(0, 3000);
+    let flow = flow(&dir, 10_000, true);
+    let (a, a_port) = replica(&flow, &t, "a");
+    let (b, b_port) = replica(&flow, &t, "b");
+    until(&dir, "both replicas ready (each has partitions)", Duration::from_secs(60), || {
+        ready(a_port) && ready(b_port)
+    });
+    until(&dir, "the flow under way", Duration::from_secs(120), || holds(&t, "out", 1000));
+
+    std::thread::scope(|s| {
+        // Events keep arriving during the whole update.
+        let producer = s.spawn(|| {
+            for from in (3000..n).step_by(500) {
+                produce_from(from, (from + 500).min(n));
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        // The new pod first; the old one is stopped only once the new one is ready.
+        let (c, c_port) = replica(&flow, &t, "c");
+        until(&dir, "the new replica ready", Duration::from_secs(60), || ready(c_port));
+        assert!(!producer.is_finished(), "events still arrive when the old replica is stopped");
+        signal(a.child(), "-TERM");
+        let out = wait(a.take(), Duration::from_secs(60));
+        assert!(out.status.success(), "the old replica drains and exits 0");
+        assert!(!producer.is_finished(), "events still arrived while it drained");
+        producer.join().unwrap();
+        until(&dir, "everything committed", Duration::from_secs(180), || committed(&t) == vec![Some(n / 3); 3]);
+        for r in [b, c] {
+            signal(r.child(), "-TERM");
+            let out = wait(r.take(), Duration::from_secs(60));
+            assert!(out.status.success());
+        }
+    });
+
+    let got = ids(&read_all(&t, "out"));
+    let mut counts = BTreeMap::new();
+    for id in &got {
+        *counts.entry(*id).or_insert(0) += 1;
+    }
+    let want = expected(n, &[]);
+    let missing: Vec<&i64> = want.iter().filter(|i| !counts.contains_key(i)).collect();
+    assert!(missing.is_empty(), "{} events lost: {:?}", missing.len(), &missing[..missing.len().min(50)]);
+    assert_eq!(counts.keys().copied().collect::<BTreeSet<_>>(), want);
+    let duplicates = counts.values().filter(|c| **c > 1).count();
+    eprintln!("rolling update: {} events delivered, {} of them more than once", want.len(), duplicates);
+}

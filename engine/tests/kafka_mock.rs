@@ -373,3 +373,102 @@ k.errors | dead
     let all: BTreeSet<i64> = delivered.iter().chain(&refused).copied().collect();
     assert_eq!(all, (0..300).collect());
 }
+
+/// `/ready` of a `phoenix run` process.
+fn ready(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = write!(s, "GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200")
+}
+
+/// How long a crashed replica's partitions stay unread. Two `phoenix run` processes share a
+/// group on the mock cluster, which (like a Kafka broker, unlike tansu 0.6) drops a member whose
+/// session expired and rebalances; one is killed with SIGKILL (no LeaveGroup), and the time
+/// until the other holds every partition is measured: the session timeout, then the mock's
+/// rebalance (measured: 19 s = 10 s until the member is dropped + 9 s for the mock to finish
+/// the join round, where a Kafka broker finishes it once the survivor has rejoined, within a
+/// heartbeat; with `PHOENIX_SESSION_MS=45000`, 89 s = 45 s + 44 s). With Phoenix's default `session.timeout.ms` of 10 s it must be under 25 s;
+/// `PHOENIX_SESSION_MS=45000` measures librdkafka's default by hand (printed, not asserted).
+#[test]
+fn a_killed_replicas_partitions_move_within_the_session_timeout() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("events", 4, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let dir = temp("kafka-mock-crash");
+    let session = std::env::var("PHOENIX_SESSION_MS").ok();
+    let properties = session
+        .as_deref()
+        .map(|ms| format!(", properties = [\"session.timeout.ms={ms}\", \"heartbeat.interval.ms=3000\"]"))
+        .unwrap_or_default();
+    let start = |name: &str| {
+        let flow = dir.join(format!("{name}.phx"));
+        std::fs::write(
+            &flow,
+            format!(
+                "schema E {{ id: int }}\nsource k = kafka {{ brokers = \"{brokers}\", topic = \"events\", group = \"crash\"{properties} }} as E\n\
+                 sink out = file {{ path = \"{}\" }}\nk | out\n",
+                dir.join(format!("{name}.jsonl")).display()
+            ),
+        )
+        .unwrap();
+        let port = support::free_port();
+        let log = dir.join(format!("{name}.log"));
+        let child = support::phoenix()
+            .args(["run", flow.to_str().unwrap(), "--no-progress", "--metrics-address", &format!("127.0.0.1:{port}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        (support::Guard::new(child), port, log)
+    };
+    let (one, one_port, _) = start("one");
+    let (two, two_port, two_log) = start("two");
+    let wait_for = |what: &str, limit: Duration, f: &dyn Fn() -> bool| {
+        let t = std::time::Instant::now();
+        while !f() {
+            assert!(
+                t.elapsed() < limit,
+                "timed out waiting for {what}:\n{}",
+                std::fs::read_to_string(&two_log).unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for("both members to have partitions", LIMIT, &|| ready(one_port) && ready(two_port));
+    let assignments =
+        || std::fs::read_to_string(&two_log).unwrap().lines().filter(|l| l.contains("partitions assigned")).count();
+    wait_for("the group to settle with two members", LIMIT, &|| {
+        std::fs::read_to_string(&two_log)
+            .unwrap()
+            .lines()
+            .rev()
+            .find(|l| l.contains("partitions assigned"))
+            .is_some_and(|l| l.matches("events/").count() < 4)
+    });
+    let before = assignments();
+    let mut one = one.take();
+    one.kill().unwrap();
+    let killed = std::time::Instant::now();
+    one.wait().unwrap();
+    wait_for("the survivor to hold every partition", Duration::from_secs(120), &|| {
+        assignments() > before
+            && std::fs::read_to_string(&two_log)
+                .unwrap()
+                .lines()
+                .rev()
+                .find(|l| l.contains("partitions assigned"))
+                .is_some_and(|l| l.matches("events/").count() == 4)
+    });
+    let unread = killed.elapsed();
+    eprintln!(
+        "a SIGKILLed member's partitions were unread for {unread:.1?} (session.timeout.ms {})",
+        session.as_deref().unwrap_or("10000, Phoenix's default")
+    );
+    if session.is_none() {
+        assert!(unread < Duration::from_secs(25), "unread for {unread:?} with a 10 s session");
+    }
+    drop(two);
+}

@@ -11,7 +11,7 @@ use phoenix_dsl::types::{Record, RecordField, StreamType, Ty};
 use phoenix_engine::exec::ack::Ack;
 use phoenix_engine::exec::batch::RawBatchBuilder;
 use phoenix_engine::exec::decode::Decoder;
-use phoenix_engine::exec::json::{Keys, check_event};
+use phoenix_engine::exec::json::{Keys, Shape, check_event};
 use std::sync::{Arc, OnceLock};
 
 /// A flat schema (the one-pass decoder) and a nested one (arrow-json after the validator).
@@ -36,7 +36,7 @@ fn decoders() -> &'static [Decoder; 2] {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let valid = check_event(data, &mut Keys::default()).is_ok();
+    let valid = check_event(data, &mut Keys::default(), &Shape::default()).is_ok();
     assert_eq!(valid, strict::strict_object(data), "{:?}", String::from_utf8_lossy(data));
     for d in decoders() {
         let mut b = RawBatchBuilder::default();

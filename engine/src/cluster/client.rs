@@ -60,12 +60,18 @@ pub enum CommandError {
     Timeout { name: String, timeout: Duration, last: String },
 }
 
+/// Whether a 404 means the resource type is not served, not that one object is missing. A
+/// read of an unserved type gets a Status saying so; a write (the apply of `submit`) reaches
+/// no handler at all and gets the API server's plain-text "404 page not found".
+pub(crate) fn type_not_served(s: &kube::core::Status) -> bool {
+    s.code == 404
+        && (s.message.contains("could not find the requested resource") || s.message.contains("404 page not found"))
+}
+
 /// Name the failures a user can act on.
 fn classify(e: kube::Error) -> CommandError {
     match e {
-        kube::Error::Api(s) if s.code == 404 && s.message.contains("could not find the requested resource") => {
-            CommandError::NoCrd
-        }
+        kube::Error::Api(s) if type_not_served(&s) => CommandError::NoCrd,
         kube::Error::Api(s) if s.is_forbidden() || s.code == 401 => CommandError::Forbidden {
             reason: if s.code == 401 { "not authenticated".into() } else { "RBAC".into() },
             message: s.message,
@@ -243,9 +249,7 @@ pub async fn delete(client: &Client, namespace: &str, name: &str, wait: Option<D
     let params = if wait.is_some() { DeleteParams::foreground() } else { DeleteParams::background() };
     match api.delete(name, &params).await {
         Ok(_) => {}
-        Err(kube::Error::Api(s))
-            if s.is_not_found() && !s.message.contains("could not find the requested resource") =>
-        {
+        Err(kube::Error::Api(s)) if s.is_not_found() && !type_not_served(&s) => {
             return Err(CommandError::NotFound { namespace: namespace.into(), name: name.into() });
         }
         Err(e) => return Err(classify(e)),

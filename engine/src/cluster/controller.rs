@@ -136,6 +136,10 @@ pub async fn run(
                 Ok((obj, _)) => tracing::debug!(flow = %obj, "reconciled"),
                 // error_policy has logged a failed reconcile already.
                 Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                // An owned object changed after its flow was deleted: nothing to do.
+                Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                    tracing::debug!(flow = %obj, "gone");
+                }
                 Err(e) => tracing::warn!("{e}"),
             }
         })
@@ -163,6 +167,12 @@ pub async fn reconcile(flow: Arc<PhoenixFlow>, ctx: Arc<Context>) -> Result<Acti
     ctx.stats.reconciles.fetch_add(1, Ordering::Relaxed);
     let ns = flow.namespace().ok_or(ReconcileError::NoNamespace)?;
     let name = flow.name_any();
+    // Being deleted: the garbage collector is removing its objects (in the foreground, while
+    // the flow still exists); applying them again would bring them back.
+    if flow.metadata.deletion_timestamp.is_some() {
+        tracing::debug!(flow = %name, namespace = %ns, "being deleted: not reconciled");
+        return Ok(Action::await_change());
+    }
     let client = &ctx.client;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
 
@@ -406,7 +416,7 @@ pub async fn serve(
         None => Api::all(client.clone()),
     };
     match flows.list(&kube::api::ListParams::default().limit(1)).await {
-        Err(kube::Error::Api(s)) if s.is_not_found() => return Err(ControllerError::NoCrd),
+        Err(kube::Error::Api(s)) if super::client::type_not_served(&s) => return Err(ControllerError::NoCrd),
         other => {
             other?;
         }

@@ -127,7 +127,9 @@ pub fn config_map_keys<'a>(files: impl IntoIterator<Item = &'a String>) -> Vec<(
 pub fn children(flow: &PhoenixFlow, facts: &FlowFacts) -> Children {
     let name = flow.metadata.name.clone().unwrap_or_default();
     let spec = &flow.spec;
-    let owner: Option<OwnerReference> = flow.controller_owner_ref(&());
+    // Blocking: `phoenix delete --wait` (a foreground deletion) returns only once they are gone.
+    let owner: Option<OwnerReference> =
+        flow.controller_owner_ref(&()).map(|o| OwnerReference { block_owner_deletion: Some(true), ..o });
     let meta = || ObjectMeta {
         name: Some(name.clone()),
         namespace: flow.metadata.namespace.clone(),

@@ -7,17 +7,20 @@
 //! [`SourceContext`]; a [`Sink`] writes [`SinkBatch`]es. Decoding, operators, retries, dead
 //! letters and acknowledgements are the engine's job, not the connector's.
 
+pub mod aws;
 pub mod elasticsearch;
 pub mod file;
 pub mod generate;
 pub mod http;
 pub mod kafka;
 mod lines;
+pub mod s3;
 pub mod sqs;
 pub mod stdio;
 
 use crate::exec::batch::{RawBatch, SinkBatch};
 use crate::observability::metrics::NodeStats;
+use crate::observability::readiness::Connected;
 use crate::options::Options;
 use phoenix_dsl::catalog::{ConnectorSpec, MetaSpec, OptionSpec, OptionType};
 use phoenix_dsl::types::{StreamType, Ty};
@@ -147,6 +150,14 @@ pub trait Sink: Send {
     fn batching(&self) -> Batching {
         Batching::default()
     }
+
+    /// For a sink that writes to a service: a future that resolves once the service has
+    /// answered (it retries on its own, logging at most one line per 30 s), so `/ready`
+    /// reports the pod ready only when it can deliver. The first flush the service accepts
+    /// counts too. `None` (the default): ready as soon as the sink is built (a file is open).
+    fn connected(&self) -> Option<BoxFuture<'static, ()>> {
+        None
+    }
 }
 
 /// What a running source talks to.
@@ -165,6 +176,8 @@ pub struct SourceContext {
     stats: Arc<NodeStats>,
     /// The metadata the flow reads (names without `@`); `None`: all of it.
     metadata_read: Option<Arc<[String]>>,
+    /// Set once the source has reached its service (`/ready`).
+    connected: Connected,
 }
 
 /// The flow is shutting down (or the workers are gone): stop reading.
@@ -183,7 +196,35 @@ impl SourceContext {
     ) -> Result<SourceContext, ConnectorError> {
         let batch_size = options.positive("batch_size").map_err(|e| ConnectorError(e.to_string()))?;
         let linger = options.duration("linger").unwrap_or(Duration::from_millis(5));
-        Ok(SourceContext { name, stream, options, batch_size, linger, tx, shutdown, stats, metadata_read: None })
+        Ok(SourceContext {
+            name,
+            stream,
+            options,
+            batch_size,
+            linger,
+            tx,
+            shutdown,
+            stats,
+            metadata_read: None,
+            connected: Connected::default(),
+        })
+    }
+
+    /// Report reaching the service through `connected` (the flow's readiness registry).
+    pub(crate) fn with_connected(mut self, connected: Connected) -> SourceContext {
+        self.connected = connected;
+        self
+    }
+
+    /// The source has reached its service (a Kafka consumer got its partitions, a listener is
+    /// bound, a file is open): `/ready` waits for every source and sink to say so. Idempotent.
+    pub fn set_connected(&self) {
+        self.connected.set();
+    }
+
+    /// The flag itself, for a source that connects on a thread of its own.
+    pub fn connected_flag(&self) -> Connected {
+        self.connected.clone()
     }
 
     /// Only `names` of the source's metadata are read by the flow.
@@ -231,6 +272,7 @@ pub fn build_source(connector: &str, options: &Options) -> Result<Box<dyn Source
         "http" => http::HttpSource::new(options).map(|s| Box::new(s) as Box<dyn Source>),
         "kafka" => kafka::KafkaSource::new(options).map(|s| Box::new(s) as Box<dyn Source>),
         "sqs" => sqs::SqsSource::new(options).map(|s| Box::new(s) as Box<dyn Source>),
+        "s3" => s3::S3Source::new(options).map(|s| Box::new(s) as Box<dyn Source>),
         other => Err(not_runnable(other, "source")),
     }
 }
@@ -243,6 +285,7 @@ pub fn build_sink(connector: &str, options: &Options) -> Result<Box<dyn Sink>, C
         "elasticsearch" => elasticsearch::ElasticsearchSink::new(options).map(|s| Box::new(s) as Box<dyn Sink>),
         "kafka" => kafka::KafkaSink::new(options).map(|s| Box::new(s) as Box<dyn Sink>),
         "sqs" => sqs::SqsSink::new(options).map(|s| Box::new(s) as Box<dyn Sink>),
+        "s3" => s3::S3Sink::new(options).map(|s| Box::new(s) as Box<dyn Sink>),
         other => Err(not_runnable(other, "sink")),
     }
 }
@@ -269,6 +312,8 @@ pub fn specs() -> Vec<ConnectorSpec> {
         kafka::sink_spec(),
         sqs::source_spec(),
         sqs::sink_spec(),
+        s3::source_spec(),
+        s3::sink_spec(),
         elasticsearch::sink_spec(),
     ]
 }

@@ -4,6 +4,7 @@ use super::ack::Ack;
 use arrow::array::{Array, ArrayRef, BinaryArray};
 use bytes::Bytes;
 use std::ops::Range;
+use std::sync::Arc;
 
 /// Payloads as a source received them, not yet decoded. Decoding happens on the workers, so
 /// a source task only does I/O.
@@ -20,6 +21,30 @@ pub struct RawBatch {
     /// reason: they go to the source's `.errors` as they are.
     pub rejected: Vec<(Bytes, String)>,
     pub ack: Ack,
+    /// Where each event was in the object it was read from, for its dead letter's reason.
+    pub place: Option<Place>,
+}
+
+/// Where a batch's events were in their object: a dead letter says
+/// `` `s3://bucket/key` line 12: <reason> ``.
+#[derive(Debug, Clone)]
+pub struct Place {
+    /// The object, as the error names it.
+    pub object: Arc<str>,
+    /// `line` (NDJSON) or `item` (a JSON array's elements).
+    pub unit: &'static str,
+    /// Each event's 1-based line or item number.
+    pub numbers: Arc<[i64]>,
+}
+
+impl Place {
+    /// Event `i`'s location, before its reason.
+    pub fn describe(&self, i: usize) -> String {
+        match self.numbers.get(i) {
+            Some(n) => format!("`{}` {} {n}", self.object, self.unit),
+            None => format!("`{}`", self.object),
+        }
+    }
 }
 
 impl RawBatch {
@@ -66,7 +91,7 @@ impl RawBatchBuilder {
     /// Take what was pushed, leaving the builder empty.
     pub fn finish(&mut self, meta: Vec<(&'static str, ArrayRef)>, ack: Ack) -> RawBatch {
         let data = Bytes::from(std::mem::take(&mut self.data));
-        RawBatch { data, spans: std::mem::take(&mut self.spans), meta, rejected: Vec::new(), ack }
+        RawBatch { data, spans: std::mem::take(&mut self.spans), meta, rejected: Vec::new(), ack, place: None }
     }
 }
 

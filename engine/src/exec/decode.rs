@@ -106,7 +106,7 @@ impl Decoder {
         for i in 0..n {
             match check_event(raw.payload(i), &mut keys, &self.shape) {
                 Ok(()) => valid.push(i),
-                Err(e) => bad.push((i, e.to_string())),
+                Err(e) => bad.push((i, e.reason(raw.payload(i)))),
             }
         }
         let kept: Vec<u32> = valid.iter().map(|&i| i as u32).collect();
@@ -171,6 +171,10 @@ impl Decoder {
     /// Event `i` as a dead letter (the source learns why, if it asked to).
     fn dead(&self, raw: &RawBatch, i: usize, error: String) -> DeadLetter {
         raw.ack.reject(i, &error);
+        let error = match &raw.place {
+            Some(p) => format!("{}: {error}", p.describe(i)),
+            None => error,
+        };
         DeadLetter { error, node: self.node.clone(), payload: raw.data.slice(raw.spans[i].clone()), attempts: 1 }
     }
 

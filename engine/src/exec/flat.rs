@@ -14,7 +14,7 @@
 //! byte for byte as arrow-json's writer would (explicit nulls, `lexical` numbers, RFC 3339
 //! timestamps with `Z`) but without its per-value formatting machinery.
 
-use super::json::{Cursor, Keys, Problem, needs_look, same, word};
+use super::json::{Cursor, Keys, needs_look, same, word};
 use arrow::array::builder::NullBufferBuilder;
 use arrow::array::{
     Array, ArrayRef, AsArray, BinaryArray, BooleanBuilder, Float64Builder, Int64Builder, NullArray, RecordBatch,
@@ -128,7 +128,7 @@ impl FlatDecoder {
         let mut r = Cursor::new(p);
         keys.reset();
         r.ws();
-        r.eat(b'{', Problem::ExpectedValue).ok()?;
+        r.eat(b'{').ok()?;
         r.ws();
         let mut seen = 0u64;
         let mut hint = 0;
@@ -162,7 +162,7 @@ impl FlatDecoder {
                     }
                 };
                 r.ws();
-                r.eat(b':', Problem::ExpectedColon).ok()?;
+                r.eat(b':').ok()?;
                 r.ws();
                 match field {
                     Some(f) => {
@@ -183,7 +183,8 @@ impl FlatDecoder {
             }
         }
         r.ws();
-        if r.end().is_err() || seen & self.required != self.required {
+        // `close` checks the undeclared keys of a large object (small ones were checked above).
+        if r.end().is_err() || seen & self.required != self.required || keys.close(p, 0).is_err() {
             return None;
         }
         let mut missing = !seen & self.all;
@@ -676,6 +677,9 @@ mod tests {
             r#"{"id":1,"x":"\udc00"}"#,
             r#"{"id":1,"x":1 "y":2}"#,
             r#"{"id":1,,"x":2}"#,
+            // A repeat among many undeclared keys, past those checked one by one.
+            r#"{"id":1,"a":1,"b":1,"c":1,"d":1,"e":1,"f":1,"g":1,"h":1,"i":1,"j":1,"k":1,"l":1,"m":1,"n":1,"o":1,"p":1,"q":1,"a":2}"#,
+            r#"{"id":1,"a":1,"b":1,"c":1,"d":1,"e":1,"f":1,"g":1,"h":1,"i":1,"j":1,"k":1,"l":1,"m":1,"n":1,"o":1,"p":1,"q":1,"r":2}"#,
         ];
         let bytes: [&[u8]; 4] = [
             b"{\"id\":1,\"name\":\"\xff\"}",

@@ -1,13 +1,21 @@
-//! The operational HTTP endpoint of `phoenix run`: liveness and Prometheus metrics.
+//! The operational HTTP endpoint of `phoenix run`: liveness, readiness and Prometheus metrics.
 //!
 //! ```text
-//! GET /health   200 {"status":"ok","uptime_s":42}   while running
-//!               503 {"status":"stopping"}           once the flow drains
-//! GET /ready    200 {"status":"ready"}              while running (a Kubernetes readiness probe)
-//!               503 {"status":"stopping"}           once the flow drains
+//! GET /health   200 {"status":"ok","uptime_s":42}       while the process serves requests,
+//!               200 {"status":"draining","uptime_s":42} draining included (liveness)
+//! GET /ready    503 {"status":"starting"}               until every node is built
+//!               503 {"status":"connecting","waiting":["source orders (kafka)"]}
+//!                                                       until every source and sink has reached its service
+//!               200 {"status":"ready"}                  then
+//!               503 {"status":"stopping"}               once the flow drains
 //! GET /metrics  the per-node counters, OpenMetrics text
 //! GET /         the list of endpoints
 //! ```
+//!
+//! Liveness is only "the process answers": a Kubernetes liveness probe that failed while the
+//! flow drains would have the kubelet kill the pod before its events are delivered, so
+//! draining is reported but stays 200. Readiness is what takes a pod out of a Service and lets
+//! a rolling update go on ([`readiness`](super::readiness)).
 //!
 //! Binding is separate from serving so the caller can report a busy port before the flow starts
 //! and tests can bind port 0:
@@ -28,6 +36,7 @@
 //! ```
 
 use crate::observability::metrics::Metrics;
+use crate::observability::readiness::Readiness;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -61,19 +70,25 @@ pub enum ServerError {
     Serve(#[source] std::io::Error),
 }
 
-/// The flow's liveness as `/health` reports it. Clones share one flag.
+/// The flow's state as `/health` and `/ready` report it. Clones share it.
 #[derive(Debug, Clone, Default)]
 pub struct Health {
     draining: Arc<AtomicBool>,
+    readiness: Readiness,
 }
 
 impl Health {
-    /// Healthy (200) until [`Health::set_draining`].
     pub fn new() -> Health {
         Health::default()
     }
 
-    /// From now on `/health` answers 503, so load balancers and orchestrators stop sending work.
+    /// The sources and sinks `/ready` waits for: hand it to the run (`RunConfig::readiness`).
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+
+    /// From now on `/ready` answers 503, so load balancers and orchestrators stop sending work;
+    /// `/health` says `draining` and stays 200.
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
@@ -89,7 +104,7 @@ pub async fn bind(addr: &str) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr: addr.to_string(), source })
 }
 
-/// Serve `/health`, `/metrics` and `/` on `listener` until `shutdown` resolves, then stop
+/// Serve `/health`, `/ready`, `/metrics` and `/` on `listener` until `shutdown` resolves, then stop
 /// accepting, let open requests finish (at most one second) and return.
 pub async fn serve(
     listener: TcpListener,
@@ -128,7 +143,6 @@ fn router(metrics: Arc<Metrics>, health: Health) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/health", get(health_check))
-        // Not yet "every source and sink connected" (issue 12): only the draining half.
         .route("/ready", get(ready_check))
         .route("/metrics", get(prometheus))
         .fallback(not_found)
@@ -136,22 +150,23 @@ fn router(metrics: Arc<Metrics>, health: Health) -> Router {
 }
 
 async fn index() -> &'static str {
-    "phoenix\n\nGET /health   200 while running, 503 while stopping\nGET /ready    200 while running, 503 while stopping\nGET /metrics  per-node counters (Prometheus / OpenMetrics text)\n"
+    "phoenix\n\nGET /health   200 while the process answers (draining too)\nGET /ready    200 once every source and sink is connected, 503 before and while stopping\nGET /metrics  per-node counters (Prometheus / OpenMetrics text)\n"
 }
 
 async fn health_check(State(s): State<AppState>) -> Response {
-    if s.health.is_draining() {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "stopping"}))).into_response()
-    } else {
-        Json(json!({"status": "ok", "uptime_s": s.metrics.started.elapsed().as_secs()})).into_response()
-    }
+    let status = if s.health.is_draining() { "draining" } else { "ok" };
+    Json(json!({"status": status, "uptime_s": s.metrics.started.elapsed().as_secs()})).into_response()
 }
 
 async fn ready_check(State(s): State<AppState>) -> Response {
+    let unavailable = |body| (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     if s.health.is_draining() {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "stopping"}))).into_response()
-    } else {
-        Json(json!({"status": "ready"})).into_response()
+        return unavailable(json!({"status": "stopping"}));
+    }
+    match s.health.readiness.waiting() {
+        None => unavailable(json!({"status": "starting"})),
+        Some(waiting) if !waiting.is_empty() => unavailable(json!({"status": "connecting", "waiting": waiting})),
+        Some(_) => Json(json!({"status": "ready"})).into_response(),
     }
 }
 
@@ -219,7 +234,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn health_is_ok_then_stopping() {
+    async fn health_is_ok_even_while_draining() {
         let r = start().await;
         let ok = get(r.addr, "/health").await;
         assert_eq!(ok.status, 200);
@@ -229,19 +244,37 @@ mod tests {
         assert!(v["uptime_s"].is_u64(), "{v}");
 
         r.health.set_draining();
+        // A liveness probe failing now would kill the pod before its events are delivered.
         let draining = get(r.addr, "/health").await;
-        assert_eq!(draining.status, 503);
-        assert_eq!(draining.body, r#"{"status":"stopping"}"#);
+        assert_eq!(draining.status, 200);
+        let v: serde_json::Value = serde_json::from_str(&draining.body).expect("json");
+        assert_eq!(v["status"], "draining");
         finish(r).await;
     }
 
     #[tokio::test]
-    async fn ready_until_draining() {
+    async fn ready_once_every_node_is_connected_and_until_draining() {
         let r = start().await;
+        let readiness = r.health.readiness();
+        let starting = get(r.addr, "/ready").await;
+        assert_eq!((starting.status, starting.body.as_str()), (503, r#"{"status":"starting"}"#));
+        let source = readiness.register("source orders (kafka)");
+        let sink = readiness.register("sink out (kafka)");
+        readiness.started();
+        let waiting = get(r.addr, "/ready").await;
+        assert_eq!(
+            (waiting.status, waiting.body.as_str()),
+            (503, r#"{"status":"connecting","waiting":["source orders (kafka)","sink out (kafka)"]}"#)
+        );
+        sink.set();
+        let waiting = get(r.addr, "/ready").await;
+        assert_eq!(waiting.body, r#"{"status":"connecting","waiting":["source orders (kafka)"]}"#);
+        source.set();
         let ok = get(r.addr, "/ready").await;
         assert_eq!((ok.status, ok.body.as_str()), (200, r#"{"status":"ready"}"#));
         r.health.set_draining();
-        assert_eq!(get(r.addr, "/ready").await.status, 503);
+        let stopping = get(r.addr, "/ready").await;
+        assert_eq!((stopping.status, stopping.body.as_str()), (503, r#"{"status":"stopping"}"#));
         finish(r).await;
     }
 

@@ -14,6 +14,13 @@ SQS. Nothing here shares code with Phoenix, so a test that writes with Phoenix a
   clients.py sqs-send ENDPOINT URL < payloads                    (SendMessageBatch in tens)
   clients.py sqs-receive ENDPOINT URL COUNT SECONDS              (receives and deletes; JSON lines)
   clients.py sqs-count ENDPOINT URL                              (visible + in flight, JSON)
+  clients.py s3-bucket ENDPOINT BUCKET [QUEUE_URL]               (create; with a queue, notify it of new objects)
+  clients.py s3-put ENDPOINT BUCKET KEY [ENCODING] < bytes       (PutObject; ENCODING sets Content-Encoding)
+  clients.py s3-big-array ENDPOINT BUCKET KEY COUNT PAD          (a JSON array of COUNT events, generated and
+                                      uploaded in parts as it is made; prints its size)
+  clients.py s3-list ENDPOINT BUCKET [PREFIX]                    (JSON lines: key, size, etag, content_encoding)
+  clients.py s3-get ENDPOINT BUCKET KEY                          (the object's bytes, gunzipped if its
+                                      Content-Encoding is gzip)
 
 Every address is 127.0.0.1; AWS credentials are fake and come from the environment.
 """
@@ -139,6 +146,74 @@ def sqs_count(endpoint, url):
                       "in_flight": int(a["ApproximateNumberOfMessagesNotVisible"])}))
 
 
+def s3(endpoint):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        config=Config(s3={"addressing_style": "path"}))
+
+
+def s3_bucket(endpoint, bucket, queue_url=""):
+    client = s3(endpoint)
+    client.create_bucket(Bucket=bucket)
+    if queue_url:
+        arn = sqs(endpoint).get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        client.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={
+            "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]})
+
+
+def s3_put(endpoint, bucket, key, encoding=""):
+    extra = {"ContentEncoding": encoding} if encoding else {}
+    s3(endpoint).put_object(Bucket=bucket, Key=key, Body=sys.stdin.buffer.read(), **extra)
+
+
+def s3_big_array(endpoint, bucket, key, count, pad):
+    client = s3(endpoint)
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    parts, buf, size, number = [], [b"["], 0, 1
+    filler = "x" * int(pad)
+
+    def flush(last=False):
+        nonlocal buf, number, size
+        data = b"".join(buf)
+        if not data or (len(data) < 8 << 20 and not last):
+            return
+        r = client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=number, Body=data)
+        parts.append({"ETag": r["ETag"], "PartNumber": number})
+        size += len(data)
+        number, buf = number + 1, []
+
+    for i in range(int(count)):
+        sep = b"," if i else b""
+        buf.append(sep + json.dumps({"id": i, "kind": "a", "pad": filler}).encode() + b"\n")
+        if len(buf) % 1000 == 0:
+            flush()
+    buf.append(b"]")
+    flush(last=True)
+    client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts})
+    print(size)
+
+
+def s3_list(endpoint, bucket, prefix=""):
+    client = s3(endpoint)
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for o in page.get("Contents", []):
+            head = client.head_object(Bucket=bucket, Key=o["Key"])
+            print(json.dumps({"key": o["Key"], "size": o["Size"], "etag": o["ETag"].strip('"'),
+                              "content_encoding": head.get("ContentEncoding")}))
+
+
+def s3_get(endpoint, bucket, key):
+    import gzip
+
+    r = s3(endpoint).get_object(Bucket=bucket, Key=key)
+    data = r["Body"].read()
+    if r.get("ContentEncoding") == "gzip":
+        data = gzip.decompress(data)
+    sys.stdout.buffer.write(data)
+
+
 COMMANDS = {
     "kafka-produce": kafka_produce,
     "kafka-read": kafka_read,
@@ -148,6 +223,11 @@ COMMANDS = {
     "sqs-send": sqs_send,
     "sqs-receive": sqs_receive,
     "sqs-count": sqs_count,
+    "s3-bucket": s3_bucket,
+    "s3-put": s3_put,
+    "s3-big-array": s3_big_array,
+    "s3-list": s3_list,
+    "s3-get": s3_get,
 }
 
 if __name__ == "__main__":

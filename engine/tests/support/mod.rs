@@ -116,17 +116,40 @@ pub fn until(dir: &Path, what: &str, limit: Duration, mut f: impl FnMut() -> boo
     }
 }
 
-/// The `phoenix` binary, quiet and colourless: `PHOENIX_BIN` if set (a target directory shared
-/// by several checkouts gets its `target/debug/phoenix` replaced by their builds), else the one
-/// cargo built. It is copied once per test process, so a test that restarts the binary
-/// restarts the same one.
+/// The `phoenix` binary, quiet and colourless: `PHOENIX_BIN` if set, else the one cargo built.
+/// Tests run a copy, so a test that restarts the binary restarts the same one even if a build
+/// replaces it meanwhile. One copy per build (named by its size and time), shared by every test
+/// process of the run; copies of other builds older than a day are removed, so runs do not
+/// fill `/tmp` with 175 MB binaries.
 pub fn phoenix() -> Command {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     let bin = BIN.get_or_init(|| {
         let built =
             std::env::var_os("PHOENIX_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_phoenix")), PathBuf::from);
-        let copy = std::env::temp_dir().join(format!("phoenix-under-test-{}", std::process::id()));
-        std::fs::copy(&built, &copy).expect("copy the phoenix binary");
+        let meta = std::fs::metadata(&built).expect("the phoenix binary");
+        let stamp = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).unwrap_or_default();
+        let tmp = std::env::temp_dir();
+        let name = format!("phoenix-under-test-{}-{}", meta.len(), stamp.as_nanos());
+        let copy = tmp.join(&name);
+        if !copy.exists() {
+            // Copied under a name of this process's, then renamed: parallel test processes
+            // never run a half-written file.
+            let partial = tmp.join(format!("{name}.{}", std::process::id()));
+            std::fs::copy(&built, &partial).expect("copy the phoenix binary");
+            std::fs::rename(&partial, &copy).expect("rename the phoenix copy");
+        }
+        let day = Duration::from_secs(86_400);
+        for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let old = e
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|a| a > day);
+            if old && e.file_name().to_string_lossy().starts_with("phoenix-under-test-") && e.path() != copy {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         copy
     });
     let mut c = Command::new(bin);

@@ -6,6 +6,7 @@
 use super::bulk::{self, Action, BulkBody, Outcome};
 use crate::connectors::{Batching, BoxFuture, ConnectorError, ItemFailure, PartialFailure, Sink, WriteError};
 use crate::exec::batch::SinkBatch;
+use crate::observability::readiness::Throttled;
 use crate::options::Options;
 use arrow::array::{Array, ArrayRef, AsArray, StringArray};
 use arrow_schema::DataType;
@@ -178,6 +179,26 @@ fn strings(batch: &SinkBatch, name: &str) -> Result<Option<StringArray>, String>
 }
 
 impl Sink for ElasticsearchSink {
+    /// Connected once the cluster answered `GET /` with a success (reachable, and the
+    /// credentials accepted), or a bulk request was accepted.
+    fn connected(&self) -> Option<BoxFuture<'static, ()>> {
+        let (client, url, timeout) = (self.client.clone(), self.url.clone(), self.timeout);
+        Some(Box::pin(async move {
+            let throttle = Throttled::default();
+            loop {
+                let problem = match client.info().request_timeout(timeout).send().await {
+                    Ok(r) if r.status_code().is_success() => return,
+                    Ok(r) => format!("Elasticsearch at {url} answered {}", r.status_code()),
+                    Err(e) => format!("cannot reach Elasticsearch at {url}: {}", chain(&e)),
+                };
+                if let Some(line) = throttle.line(format_args!("{problem}; retrying")) {
+                    tracing::warn!(url = %url, "{line}");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }))
+    }
+
     fn write<'a>(&'a mut self, batch: &'a SinkBatch) -> BoxFuture<'a, Result<(), WriteError>> {
         Box::pin(async move {
             let index = strings(batch, "index").map_err(WriteError::Fatal)?;

@@ -1,14 +1,12 @@
-//! The `file` source: NDJSON streamed in chunks; JSON-array files (the batch-upload path) read
-//! whole and split into their elements.
+//! The `file` source: NDJSON or JSON-array files (the batch-upload path), both streamed in
+//! chunks, so a file of any size is read in the usual memory.
 
-use crate::connectors::lines::{Origin, read_ndjson};
+use crate::connectors::lines::{ArrayError, Constant, Origin, read_array, read_ndjson};
 use crate::connectors::{BoxFuture, ConnectorError, Source, SourceContext};
 use crate::exec::ack::Ack;
 use crate::exec::batch::RawBatchBuilder;
 use crate::options::Options;
-use arrow::array::{ArrayRef, Int64Array, StringArray};
 use bytes::Bytes;
-use serde_json::value::RawValue;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -61,6 +59,7 @@ impl Source for FileSource {
                 let name = path.display().to_string();
                 let io = |e: std::io::Error| ConnectorError(format!("reading `{name}`: {e}"));
                 let mut file = tokio::fs::File::open(path).await.map_err(io)?;
+                ctx.set_connected();
                 let json_array = match self.format.as_str() {
                     "json" => true,
                     "ndjson" => false,
@@ -71,12 +70,15 @@ impl Source for FileSource {
                         head[..n].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
                     }
                 };
+                let origin =
+                    Origin { constants: vec![("file", Constant::Str(Arc::from(name.as_str())))], ..Origin::default() };
                 let stopped = if json_array {
-                    let mut data = Vec::new();
-                    file.read_to_end(&mut data).await.map_err(io)?;
-                    send_array(Bytes::from(data), &name, &ctx).await.is_err()
+                    match read_array(file, origin, &ctx).await {
+                        Ok(r) => r.is_err(),
+                        Err(ArrayError::Io(e)) => return Err(io(e)),
+                        Err(e @ ArrayError::Shape(_)) => not_an_array(&name, &e, &ctx).await.is_err(),
+                    }
                 } else {
-                    let origin = Origin { file: Some(Arc::from(name.as_str())), line: 0 };
                     read_ndjson(file, origin, &ctx).await.map_err(io)?.is_err()
                 };
                 if stopped {
@@ -88,31 +90,11 @@ impl Source for FileSource {
     }
 }
 
-/// A file holding one JSON array: each element is an event; a file that is not an array is
-/// one dead letter saying why.
-async fn send_array(data: Bytes, name: &str, ctx: &SourceContext) -> Result<(), crate::connectors::Stopped> {
-    let items: Vec<&RawValue> = match serde_json::from_slice(&data) {
-        Ok(items) => items,
-        Err(e) => {
-            let mut b = RawBatchBuilder::default().finish(Vec::new(), Ack::none());
-            b.rejected.push((data.clone(), format!("`{name}` is not a JSON array of events: {e}")));
-            return ctx.send(b).await;
-        }
-    };
-    for (n, chunk) in items.chunks(ctx.batch_size).enumerate() {
-        let mut b = RawBatchBuilder::default();
-        for item in chunk {
-            b.push(item.get().as_bytes());
-        }
-        let first = (n * ctx.batch_size) as i64;
-        let mut meta: Vec<(&'static str, ArrayRef)> = Vec::new();
-        if ctx.reads_metadata("line") {
-            meta.push(("line", Arc::new(Int64Array::from_iter_values((0..chunk.len() as i64).map(|i| first + i + 1)))));
-        }
-        if ctx.reads_metadata("file") {
-            meta.push(("file", Arc::new(StringArray::from_iter_values(std::iter::repeat_n(name, chunk.len())))));
-        }
-        ctx.send(b.finish(meta, Ack::none())).await?;
-    }
-    Ok(())
+/// A file that is not one JSON array: one dead letter naming it and saying why (its elements
+/// before the damage were sent as events).
+async fn not_an_array(name: &str, e: &ArrayError, ctx: &SourceContext) -> Result<(), crate::connectors::Stopped> {
+    let mut b = RawBatchBuilder::default().finish(Vec::new(), Ack::none());
+    let payload = serde_json::json!({ "file": name }).to_string();
+    b.rejected.push((Bytes::from(payload), format!("`{name}` is {e}")));
+    ctx.send(b).await
 }

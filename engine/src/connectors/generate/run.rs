@@ -35,6 +35,8 @@ impl GenerateSource {
 impl Source for GenerateSource {
     fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), ConnectorError>> {
         Box::pin(async move {
+            // Nothing to reach.
+            ctx.set_connected();
             let mut rng = fastrand::Rng::with_seed(self.seed);
             let record = ctx.stream.record.clone();
             let start = Instant::now();

@@ -138,6 +138,7 @@ impl Source for HttpSource {
                 });
             let server = tokio::spawn(server.into_future());
             info!(source = %ctx.name, "listening on http://{local_addr}{path}");
+            ctx.set_connected();
 
             // Forward batches until every handler is gone: the server drops its last one when
             // it has shut down and the requests in flight are answered.
@@ -356,6 +357,7 @@ fn raw_batch(data: &Bytes, spans: &[Range<usize>], remote: &str, ack: Ack) -> Ra
         meta: vec![("remote", remote)],
         rejected: Vec::new(),
         ack,
+        place: None,
     }
 }
 

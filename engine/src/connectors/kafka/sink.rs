@@ -27,7 +27,7 @@
 //! producer error (the idempotence guarantee broke), the producer is rebuilt and everything not
 //! confirmed is sent again: duplicates are possible then, loss is not.
 
-use super::config::{client_config, creation_error};
+use super::config::{Reporter, client_config, creation_error};
 use crate::connectors::{BoxFuture, ConnectorError, Flushing, ItemFailure, PartialFailure, Sink, WriteError};
 use crate::exec::batch::SinkBatch;
 use crate::options::Options;
@@ -35,10 +35,9 @@ use arrow::array::{Array, AsArray, BinaryArray, StringArray};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -64,10 +63,12 @@ struct Epoch {
 
 /// The producer's context: delivery reports land here (on librdkafka's polling thread), in the
 /// epoch of their event. An epoch no longer listed was given up on: its reports are ignored.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Deliveries {
     epochs: Mutex<HashMap<u64, Epoch>>,
     done: Notify,
+    /// librdkafka's complaints, throttled.
+    reporter: Reporter,
 }
 
 impl Deliveries {
@@ -99,7 +100,15 @@ impl Deliveries {
     }
 }
 
-impl ClientContext for Deliveries {}
+impl ClientContext for Deliveries {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.reporter.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.reporter.error(&error, reason);
+    }
+}
 
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = Box<Id>;
@@ -143,6 +152,9 @@ pub struct KafkaSink {
     epoch: u64,
     max_message_size: usize,
     delivery_timeout: Duration,
+    /// The settings every client of the node shares (for the metadata probe of `/ready`).
+    base: ClientConfig,
+    reporter: Reporter,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -153,7 +165,7 @@ impl std::fmt::Debug for KafkaSink {
 
 /// Creates missing topics before the first event goes to them.
 struct Admin {
-    client: AdminClient<DefaultClientContext>,
+    client: AdminClient<Reporter>,
     partitions: i32,
     replication: i32,
     known: HashSet<String>,
@@ -181,10 +193,10 @@ impl KafkaSink {
             .set("message.timeout.ms", delivery_timeout.as_millis().clamp(1, i32::MAX as u128).to_string())
             // Leave room for the record overhead around the largest payload.
             .set("message.max.bytes", (max_message_size + 64 * 1024).to_string());
-        let producer = create_producer(&config, 0)?;
+        let reporter = Reporter::new(&format!("sink {}", options.node()), options);
+        let producer = create_producer(&config, 0, &reporter)?;
         let admin = if options.bool("create_topics").unwrap_or(false) {
-            let client =
-                base.create::<AdminClient<DefaultClientContext>>().map_err(|e| creation_error("admin client", e))?;
+            let client = base.create_with_context(reporter.clone()).map_err(|e| creation_error("admin client", e))?;
             let partitions = options.int("partitions").unwrap_or(1);
             let replication = options.int("replication").unwrap_or(-1);
             let partitions = i32::try_from(partitions)
@@ -208,6 +220,8 @@ impl KafkaSink {
             epoch: 0,
             max_message_size,
             delivery_timeout,
+            base,
+            reporter,
         })
     }
 
@@ -237,7 +251,8 @@ impl KafkaSink {
     fn recover_from_fatal(&mut self) -> Result<(), WriteError> {
         let Some((code, reason)) = self.producer.client().fatal_error() else { return Ok(()) };
         warn!("Kafka producer failed fatally ({code}: {reason}); creating a new one and re-sending unconfirmed events");
-        self.producer = create_producer(&self.config, self.epoch).map_err(|e| WriteError::Retryable(e.to_string()))?;
+        self.producer = create_producer(&self.config, self.epoch, &self.reporter)
+            .map_err(|e| WriteError::Retryable(e.to_string()))?;
         self.failed = self
             .written
             .iter()
@@ -346,8 +361,12 @@ impl KafkaSink {
 }
 
 /// A producer whose reports go to epochs from `epoch` on.
-fn create_producer(config: &ClientConfig, epoch: u64) -> Result<ThreadedProducer<Deliveries>, ConnectorError> {
-    let deliveries = Deliveries::default();
+fn create_producer(
+    config: &ClientConfig,
+    epoch: u64,
+    reporter: &Reporter,
+) -> Result<ThreadedProducer<Deliveries>, ConnectorError> {
+    let deliveries = Deliveries { epochs: Mutex::default(), done: Notify::new(), reporter: reporter.clone() };
     deliveries.lock().insert(epoch, Epoch::default());
     config.create_with_context(deliveries).map_err(|e| creation_error("producer", e))
 }
@@ -418,6 +437,34 @@ fn strings(batch: &SinkBatch, name: &str) -> Result<Option<StringArray>, WriteEr
 }
 
 impl Sink for KafkaSink {
+    /// Connected once a metadata request to the brokers succeeded (the producer itself has no
+    /// request to make until there are events). The probe's own client reports through the
+    /// node's throttled reporter and is dropped once connected.
+    fn connected(&self) -> Option<BoxFuture<'static, ()>> {
+        let (base, reporter) = (self.base.clone(), self.reporter.clone());
+        Some(Box::pin(async move {
+            let probe: Arc<BaseProducer<Reporter>> = match base.create_with_context(reporter.clone()) {
+                Ok(p) => Arc::new(p),
+                Err(e) => {
+                    reporter.warn(format_args!("cannot create a Kafka client to reach the brokers: {e}"));
+                    return std::future::pending().await;
+                }
+            };
+            loop {
+                let p = probe.clone();
+                // Blocking, so on a blocking thread; short, so a stopping flow waits little for it.
+                let fetched = tokio::task::spawn_blocking(move || {
+                    p.client().fetch_metadata(None, Duration::from_secs(1)).is_ok()
+                })
+                .await;
+                if fetched.unwrap_or(false) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }))
+    }
+
     fn write<'a>(&'a mut self, batch: &'a SinkBatch) -> BoxFuture<'a, Result<(), WriteError>> {
         Box::pin(async move {
             // Only a flush that failed as a whole leaves events behind for the engine to give

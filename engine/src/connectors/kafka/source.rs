@@ -33,13 +33,15 @@
 //!   deliver should say so loudly. While the flow is stopping, a failed acknowledgement is
 //!   expected and only means "not committed".
 
-use super::config::{client_config, creation_error};
+use super::config::{Reporter, client_config, creation_error};
 use super::offsets::{Offsets, Slot, Tp};
 use crate::connectors::{BoxFuture, ConnectorError, Source, SourceContext};
 use crate::exec::ack::{Ack, AckWaiter};
 use crate::exec::batch::{RawBatch, RawBatchBuilder};
+use crate::observability::readiness::Connected;
 use crate::options::Options;
 use arrow::array::{ArrayRef, Int64Builder, StringBuilder, TimestampNanosecondBuilder};
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
@@ -69,6 +71,7 @@ pub struct KafkaSource {
     topics: Vec<String>,
     commit_interval: Duration,
     drain_timeout: Duration,
+    reporter: Reporter,
 }
 
 impl KafkaSource {
@@ -109,8 +112,11 @@ impl KafkaSource {
         let commit_interval = options.duration("commit_interval").unwrap_or(Duration::from_secs(1));
         let drain_timeout = options.duration("drain_timeout").unwrap_or(Duration::from_secs(30));
         // Create a throwaway consumer now so a bad setting stops the flow before it starts.
-        config.create::<BaseConsumer>().map_err(|e| creation_error("consumer", e))?;
-        Ok(KafkaSource { config, topics, commit_interval, drain_timeout })
+        let reporter = Reporter::new(&format!("source {}", options.node()), options);
+        config
+            .create_with_context::<_, BaseConsumer<Reporter>>(reporter.clone())
+            .map_err(|e| creation_error("consumer", e))?;
+        Ok(KafkaSource { config, topics, commit_interval, drain_timeout, reporter })
     }
 }
 
@@ -121,9 +127,21 @@ struct Context {
     drain_timeout: Duration,
     /// Set when partitions were assigned, so a paused consumer pauses the new ones too.
     assigned: AtomicBool,
+    /// librdkafka's complaints, throttled.
+    reporter: Reporter,
+    /// Set by the first assignment (even an empty one: the group answered): `/ready`.
+    connected: Connected,
 }
 
-impl ClientContext for Context {}
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.reporter.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.reporter.error(&error, reason);
+    }
+}
 
 impl ConsumerContext for Context {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Context>, rebalance: &Rebalance<'_>) {
@@ -156,6 +174,7 @@ impl ConsumerContext for Context {
                     "partitions assigned");
                 lock(&self.offsets).assign(tps);
                 self.assigned.store(true, Ordering::Release);
+                self.connected.set();
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => warn!(source = %self.name, "rebalance failed: {e}"),
@@ -203,6 +222,8 @@ impl Source for KafkaSource {
                 offsets: offsets.clone(),
                 drain_timeout: self.drain_timeout,
                 assigned: AtomicBool::new(false),
+                reporter: self.reporter,
+                connected: ctx.connected_flag(),
             };
             let consumer: BaseConsumer<Context> =
                 self.config.create_with_context(context).map_err(|e| creation_error("consumer", e))?;
@@ -298,7 +319,6 @@ impl Poller {
         let mut ready: VecDeque<Ready> = VecDeque::new();
         let mut paused = false;
         let mut last_commit = Instant::now();
-        let mut errors_logged = 0u64;
         let result = loop {
             if self.stop.is_cancelled() {
                 break Ok(());
@@ -357,10 +377,7 @@ impl Poller {
                         break Err(ConnectorError::new(format!("Kafka consumer failed: {e}")));
                     }
                     // Transient (a broker away, a topic not created yet): librdkafka retries.
-                    errors_logged += 1;
-                    if errors_logged <= 10 || errors_logged.is_multiple_of(100) {
-                        warn!(source = %self.name, "Kafka: {e}");
-                    }
+                    self.consumer.context().reporter.warn(format_args!("Kafka: {e}"));
                 }
                 None => {}
             }

@@ -19,15 +19,12 @@ use phoenix_dsl::catalog::{ConnectorSpec, MetaSpec, OptionSpec, OptionType, Role
 use phoenix_dsl::types::Ty;
 
 fn aws() -> Vec<OptionSpec> {
-    vec![
-        OptionSpec::new("queue_url", OptionType::String, "The queue's URL.").required(),
-        OptionSpec::new("region", OptionType::String, "AWS region; defaults to the standard AWS configuration chain."),
-        OptionSpec::new(
-            "endpoint",
-            OptionType::String,
+    with(
+        vec![OptionSpec::new("queue_url", OptionType::String, "The queue's URL.").required()],
+        super::aws::options(
             "Endpoint URL override (a local SQS-compatible server); default: the standard AWS configuration chain.",
         ),
-    ]
+    )
 }
 
 pub fn source_spec() -> ConnectorSpec {

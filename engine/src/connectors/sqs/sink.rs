@@ -11,6 +11,7 @@
 use super::client::{QueueConfig, describe};
 use crate::connectors::{BoxFuture, ConnectorError, ItemFailure, PartialFailure, Sink, WriteError};
 use crate::exec::batch::SinkBatch;
+use crate::observability::readiness::Throttled;
 use crate::options::Options;
 use arrow::array::{Array, AsArray, StringArray};
 use arrow::compute::cast;
@@ -163,6 +164,30 @@ fn value(a: &Option<StringArray>, i: usize) -> Option<String> {
 }
 
 impl Sink for SqsSink {
+    /// Connected once SQS answered a GetQueueAttributes for the queue (or a send succeeded).
+    fn connected(&self) -> Option<BoxFuture<'static, ()>> {
+        let queue = self.queue.clone();
+        Some(Box::pin(async move {
+            let client = queue.client(Duration::from_secs(30)).await;
+            let throttle = Throttled::default();
+            loop {
+                match client.get_queue_attributes().queue_url(&queue.queue_url).send().await {
+                    Ok(_) => return,
+                    Err(e) => {
+                        if let Some(line) = throttle.line(format_args!(
+                            "cannot reach SQS queue {}: {}; retrying",
+                            queue.queue_url,
+                            describe(&e)
+                        )) {
+                            tracing::warn!(queue = %queue.queue_url, "{line}");
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }))
+    }
+
     fn write<'a>(&'a mut self, batch: &'a SinkBatch) -> BoxFuture<'a, Result<(), WriteError>> {
         Box::pin(async move {
             let groups = strings(batch, "message_group_id")?;

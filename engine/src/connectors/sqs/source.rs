@@ -20,6 +20,7 @@ use super::client::{QueueConfig, describe};
 use crate::connectors::{BoxFuture, ConnectorError, Source, SourceContext};
 use crate::exec::ack::{Ack, AckWaiter};
 use crate::exec::batch::RawBatchBuilder;
+use crate::observability::readiness::Throttled;
 use crate::options::Options;
 use arrow::array::{ArrayRef, Int64Array, StringArray};
 use aws_sdk_sqs::Client;
@@ -65,13 +66,15 @@ impl SqsSource {
     }
 }
 
-/// What every poller shares.
-struct Shared {
-    name: String,
-    client: Client,
-    queue_url: String,
-    wait_time: Duration,
-    visibility: Duration,
+/// What every poller shares (and the `s3` source, for its notification queue).
+pub(crate) struct Shared {
+    pub(crate) name: String,
+    pub(crate) client: Client,
+    pub(crate) queue_url: String,
+    pub(crate) wait_time: Duration,
+    pub(crate) visibility: Duration,
+    /// Failed receives, logged at most once per 30 s whatever the number of pollers.
+    pub(crate) throttle: Throttled,
 }
 
 impl Source for SqsSource {
@@ -85,6 +88,7 @@ impl Source for SqsSource {
                 queue_url: self.queue.queue_url.clone(),
                 wait_time: self.wait_time,
                 visibility: self.visibility,
+                throttle: Throttled::default(),
             });
             info!(source = %ctx.name, queue = %shared.queue_url, pollers = self.pollers, "receiving");
             let ctx = Arc::new(ctx);
@@ -166,17 +170,20 @@ async fn poll(shared: Arc<Shared>, ctx: Arc<SourceContext>, settle: tokio::sync:
             let messages = match received {
                 Ok(out) => {
                     failures = 0;
+                    ctx.set_connected();
                     out.messages.unwrap_or_default()
                 }
                 Err(e) => {
                     failures += 1;
-                    if failures <= 3 || failures.is_multiple_of(20) {
-                        let lost = if matches!(e, SdkError::TimeoutError(_) | SdkError::DispatchFailure(_)) {
-                            "; any messages it received come back after `visibility_timeout`, received again"
-                        } else {
-                            ""
-                        };
-                        warn!(source = %shared.name, "ReceiveMessage failed: {}{lost}; retrying", describe(&e));
+                    let lost = if matches!(e, SdkError::TimeoutError(_) | SdkError::DispatchFailure(_)) {
+                        "; any messages it received come back after `visibility_timeout`, received again"
+                    } else {
+                        ""
+                    };
+                    if let Some(line) =
+                        shared.throttle.line(format_args!("ReceiveMessage failed: {}{lost}; retrying", describe(&e)))
+                    {
+                        warn!(source = %shared.name, "{line}");
                     }
                     let pause = Duration::from_millis(100 * u64::from(failures.min(50)));
                     tokio::select! {
@@ -304,7 +311,7 @@ where
     all_done
 }
 
-async fn delete(shared: &Shared, handles: &[String]) {
+pub(crate) async fn delete(shared: &Shared, handles: &[String]) {
     let ok = for_entries(shared, "DeleteMessageBatch", handles, |entries| async move {
         let entries: Vec<_> = entries
             .into_iter()
@@ -326,7 +333,7 @@ async fn delete(shared: &Shared, handles: &[String]) {
     }
 }
 
-async fn change_visibility(shared: &Shared, handles: &[String], seconds: i32) {
+pub(crate) async fn change_visibility(shared: &Shared, handles: &[String], seconds: i32) {
     for_entries(shared, "ChangeMessageVisibilityBatch", handles, |entries| async move {
         let entries: Vec<_> = entries
             .into_iter()

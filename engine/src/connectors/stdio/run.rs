@@ -13,7 +13,8 @@ pub struct StdinSource;
 impl Source for StdinSource {
     fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), ConnectorError>> {
         Box::pin(async move {
-            let origin = Origin { file: None, line: 0 };
+            let origin = Origin::default();
+            ctx.set_connected();
             read_ndjson(tokio::io::stdin(), origin, &ctx)
                 .await
                 .map_err(|e| ConnectorError(format!("reading standard input: {e}")))?
