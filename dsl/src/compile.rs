@@ -3,6 +3,7 @@
 
 use crate::ast::{Item, Module};
 use crate::catalog::Catalog;
+use crate::check::facts::Facts;
 use crate::check::typed::TExpr;
 use crate::diagnostic::{Code, Diagnostic};
 use crate::plan::{FlowGraph, Plan};
@@ -25,6 +26,8 @@ pub struct Compilation {
     pub diagnostics: Vec<Diagnostic>,
     pub modules: Vec<Module>,
     pub flow: Option<FlowGraph<TExpr>>,
+    /// What editors ask about (empty when parsing failed).
+    pub facts: Facts,
 }
 
 impl Compilation {
@@ -116,11 +119,11 @@ pub fn compile(root: &str, loader: &dyn Loader, catalog: &dyn Catalog) -> Compil
         }
     }
     if parse_failed {
-        return Compilation { sources, diagnostics, modules, flow: None };
+        return Compilation { sources, diagnostics, modules, flow: None, facts: Facts::default() };
     }
-    let (flow, mut checked) = crate::check::check(&modules, &sources, catalog);
+    let (flow, mut checked, facts) = crate::check::check(&modules, &sources, catalog);
     diagnostics.append(&mut checked);
-    Compilation { sources, diagnostics, modules, flow: Some(flow) }
+    Compilation { sources, diagnostics, modules, flow: Some(flow), facts }
 }
 
 /// A loader over in-memory files (tests, fuzzing, `phoenix check -`).

@@ -159,6 +159,17 @@ pub struct Diagnostic {
     pub secondary: Vec<(Span, String)>,
     pub help: Option<String>,
     pub notes: Vec<String>,
+    /// Edits that resolve the problem, offered by editors as quick fixes.
+    pub fixes: Vec<Fix>,
+}
+
+/// A change to the text that resolves a diagnostic (`did you mean` applied, a missing arm added).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fix {
+    /// What the fix does, as an editor lists it: "replace with `amount`".
+    pub title: String,
+    /// Each span's text is replaced by the string; an empty span inserts.
+    pub edits: Vec<(Span, String)>,
 }
 
 impl Diagnostic {
@@ -170,7 +181,21 @@ impl Diagnostic {
             secondary: Vec::new(),
             help: None,
             notes: Vec::new(),
+            fixes: Vec::new(),
         }
+    }
+
+    /// A quick fix for editors.
+    pub fn fix(mut self, title: impl Into<String>, edits: Vec<(Span, String)>) -> Self {
+        self.fixes.push(Fix { title: title.into(), edits });
+        self
+    }
+
+    /// The help ``did you mean `name`?`` and the fix that writes `replacement` over `span`
+    /// (`replacement` is `name` as it must be written there: quoted, or with its `@`).
+    pub fn did_you_mean(self, span: Span, name: &str, replacement: String) -> Self {
+        let title = format!("replace with `{replacement}`");
+        self.help(format!("did you mean `{name}`?")).fix(title, vec![(span, replacement)])
     }
 
     pub fn label(mut self, label: impl Into<String>) -> Self {

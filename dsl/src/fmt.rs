@@ -805,12 +805,12 @@ fn is_plain(name: &str) -> bool {
 }
 
 /// A name where the grammar expects `ident`: back-quoted unless plain.
-fn ident(name: &str) -> String {
+pub fn ident(name: &str) -> String {
     if is_plain(name) { name.to_string() } else { format!("`{name}`") }
 }
 
 /// A name where the grammar expects `field_name`, which also accepts soft keywords (`source`).
-fn field_name(name: &str) -> String {
+pub fn field_name(name: &str) -> String {
     if SOFT_KEYWORDS.contains(&name) { name.to_string() } else { ident(name) }
 }
 

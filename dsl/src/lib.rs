@@ -7,6 +7,7 @@ pub mod diagnostic;
 pub mod fmt;
 pub mod parser;
 pub mod plan;
+pub mod query;
 pub mod span;
 pub mod types;
 

@@ -65,6 +65,16 @@ enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
         format: GraphFormat,
     },
+    /// The language server for editors (LSP over standard input and output).
+    Lsp {
+        /// Do not serve: time diagnostics after edits of a generated 2,000-line flow and print
+        /// the median and p99 latency. Build with `--release`.
+        #[arg(long)]
+        bench: bool,
+        /// Edits the bench makes.
+        #[arg(long, default_value_t = 500, requires = "bench")]
+        edits: usize,
+    },
     /// Format flow files in the canonical layout.
     Fmt {
         flows: Vec<String>,
@@ -398,6 +408,17 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
             Ok(if c.has_errors() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
         Command::Fmt { flows, check } => fmt(&flows, check, color),
+        Command::Lsp { bench: false, .. } => {
+            crate::lsp::serve_stdio()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Lsp { bench: true, edits } => {
+            let dir = std::env::temp_dir().join(format!("phoenix-lsp-bench-{}", std::process::id()));
+            let report = crate::lsp::bench::run(&dir, edits);
+            let _ = std::fs::remove_dir_all(&dir);
+            print!("{}", report?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run { flow, watch, set, workers, metrics_address, no_progress, log_format, verbose } => {
             logging::init(log_format, verbose);
             let Some((plan, sources)) = compile_for_run(&flow, &catalog, color) else {

@@ -46,3 +46,23 @@ pub fn connectors_markdown(catalog: &EngineCatalog) -> String {
     }
     s
 }
+
+/// `docs/diagnostics.md`: every diagnostic code with its explanation, one heading per code so
+/// that `#e0020` links to it (editors link each diagnostic there; a test keeps the file current).
+pub fn diagnostics_markdown() -> String {
+    use phoenix_dsl::diagnostic::{Code, Severity};
+    let mut s = String::new();
+    let _ = writeln!(s, "# Diagnostics\n");
+    let _ = writeln!(
+        s,
+        "Generated from the compiler's list of codes (`dsl/src/diagnostic.rs`); do not edit by hand. \
+         `phoenix check --explain CODE` prints the same explanation. Errors (E) make `phoenix check` \
+         fail; warnings (W) do with `--deny-warnings`. Every code has an example in \
+         `tests/cases/errors/`.\n"
+    );
+    for c in Code::ALL {
+        let severity = if c.severity() == Severity::Error { "error" } else { "warning" };
+        let _ = writeln!(s, "## {}\n\n**{}** ({severity})\n\n{}\n", c.as_str(), c.title(), c.explanation());
+    }
+    s
+}

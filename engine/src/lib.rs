@@ -10,6 +10,7 @@ pub mod connectors;
 pub mod docs;
 pub mod exec;
 pub mod loader;
+pub mod lsp;
 pub mod observability;
 pub mod options;
 pub mod reload;

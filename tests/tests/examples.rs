@@ -86,6 +86,18 @@ fn quickstart_runs_end_to_end() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// docs/diagnostics.md lists every code (editors link each diagnostic to its heading;
+/// `BLESS=1` rewrites it).
+#[test]
+fn diagnostics_reference_is_current() {
+    let md = phoenix_engine::docs::diagnostics_markdown();
+    if let Some(diff) = phoenix_tests::golden(&root().join("docs/diagnostics.md"), &md) {
+        panic!(
+            "docs/diagnostics.md is stale (regenerate with `BLESS=1 cargo test -p phoenix-tests --test examples`)\n{diff}"
+        );
+    }
+}
+
 /// docs/connectors.md is what `phoenix connectors --markdown` prints (`BLESS=1` rewrites it).
 #[test]
 fn connector_reference_is_current() {

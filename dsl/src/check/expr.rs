@@ -1,10 +1,12 @@
 //! Type checking of expressions against a stream's declared fields.
 
+use super::facts::{Decls, Facts, FieldUse};
 use super::typed::{TExpr, TExprKind, Value};
 use crate::ast::{BinaryOp, Expr, ExprKind, Literal, UnaryOp};
 use crate::catalog::{Catalog, ParamType, Returns};
 use crate::diagnostic::{Code, Diagnostic, did_you_mean};
-use crate::types::{Record, StreamType, Ty};
+use crate::fmt::{field_name, ident};
+use crate::types::{Record, RecordField, StreamType, Ty};
 
 /// What an expression can see: the event's declared fields and the source's metadata.
 pub struct Scope<'a> {
@@ -16,6 +18,8 @@ pub struct Scope<'a> {
 pub struct ExprChecker<'a> {
     pub catalog: &'a dyn Catalog,
     pub diags: &'a mut Vec<Diagnostic>,
+    pub facts: &'a mut Facts,
+    pub decls: &'a Decls,
 }
 
 impl ExprChecker<'_> {
@@ -36,7 +40,8 @@ impl ExprChecker<'_> {
             }
             ExprKind::Field(path) => {
                 let first = &path[0];
-                let Some(f) = scope.stream.record.field(&first.name) else {
+                let record = &scope.stream.record;
+                let Some(i) = record.fields.iter().position(|f| f.name == first.name) else {
                     self.unknown_field(
                         &first.name,
                         first.span,
@@ -46,6 +51,8 @@ impl ExprChecker<'_> {
                     );
                     return TExpr::error(span);
                 };
+                let f = &record.fields[i];
+                self.used(first.span, f, self.decls.get(record, i));
                 let mut cur = TExpr {
                     kind: TExprKind::Field(f.name.clone()),
                     ty: f.ty.clone(),
@@ -66,26 +73,29 @@ impl ExprChecker<'_> {
                 TExpr { span, ..r }
             }
             ExprKind::Meta(name) => match scope.stream.metadata.field(&name.name) {
-                Some(m) => t(TExprKind::Meta(m.name.clone()), m.ty.clone(), m.optional),
+                Some(m) => {
+                    let at =
+                        FieldUse { span, name: m.name.clone(), decl: None, ty: m.ty.clone(), optional: m.optional };
+                    self.facts.metadata.push(at);
+                    t(TExprKind::Meta(m.name.clone()), m.ty.clone(), m.optional)
+                }
                 None => {
                     let names: Vec<&str> = scope.stream.metadata.names().collect();
-                    let help = match did_you_mean(&name.name, names.iter().copied()) {
-                        Some(s) => format!("did you mean `@{s}`?"),
-                        None if names.is_empty() => "this stream has no metadata".into(),
-                        None => format!(
+                    let d = Diagnostic::new(
+                        Code::UnknownMetadata,
+                        span,
+                        format!("no metadata `@{}` on {}", name.name, scope.describe),
+                    )
+                    .label("unknown metadata");
+                    let d = match did_you_mean(&name.name, names.iter().copied()) {
+                        Some(s) => d.did_you_mean(span, &format!("@{s}"), format!("@{}", ident(s))),
+                        None if names.is_empty() => d.help("this stream has no metadata"),
+                        None => d.help(format!(
                             "available: {}",
                             names.iter().map(|n| format!("`@{n}`")).collect::<Vec<_>>().join(", ")
-                        ),
+                        )),
                     };
-                    self.diags.push(
-                        Diagnostic::new(
-                            Code::UnknownMetadata,
-                            span,
-                            format!("no metadata `@{}` on {}", name.name, scope.describe),
-                        )
-                        .label("unknown metadata")
-                        .help(help),
-                    );
+                    self.diags.push(d);
                     TExpr::error(span)
                 }
             },
@@ -238,9 +248,10 @@ impl ExprChecker<'_> {
     fn access(&mut self, base: TExpr, name: &crate::ast::Ident) -> TExpr {
         match base.ty.clone() {
             Ty::Error => TExpr::error(name.span),
-            Ty::Record(r) => match r.field(&name.name) {
-                Some(f) => {
-                    let f = f.clone();
+            Ty::Record(r) => match r.fields.iter().position(|f| f.name == name.name) {
+                Some(i) => {
+                    let f = r.fields[i].clone();
+                    self.used(name.span, &f, self.decls.get(&r, i));
                     let (ty, nullable) = (f.ty.clone(), f.optional || base.nullable);
                     let span = base.span.to(name.span);
                     TExpr { kind: TExprKind::Access(Box::new(base), f.name.clone()), ty, nullable, span }
@@ -265,11 +276,16 @@ impl ExprChecker<'_> {
         }
     }
 
+    fn used(&mut self, span: crate::span::Span, f: &RecordField, decl: Option<crate::span::Span>) {
+        let at = FieldUse { span, name: f.name.clone(), decl, ty: f.ty.clone(), optional: f.optional };
+        self.facts.fields.push(at);
+    }
+
     fn unknown_field(&mut self, name: &str, span: crate::span::Span, record: &Record, describe: &str, open: bool) {
         let mut d = Diagnostic::new(Code::UnknownField, span, format!("no field `{name}` in {describe}"))
             .label("unknown field");
         if let Some(s) = did_you_mean(name, record.names()) {
-            d = d.help(format!("did you mean `{s}`?"));
+            d = d.did_you_mean(span, s, field_name(s));
         } else if record.fields.is_empty() {
             d = d.help("this stream has no declared fields; give its source a schema with `as Schema`");
         } else {
@@ -295,15 +311,12 @@ impl ExprChecker<'_> {
         let targs: Vec<TExpr> = args.iter().map(|a| self.check(a, scope)).collect();
         let Some(f) = self.catalog.function(&name.name) else {
             let names = self.catalog.function_names();
-            let help = match did_you_mean(&name.name, names.iter().copied()) {
-                Some(s) => format!("did you mean `{s}`?"),
-                None => "`phoenix functions` lists the built-in functions".into(),
-            };
-            self.diags.push(
-                Diagnostic::new(Code::UnknownFunction, name.span, format!("unknown function `{}`", name.name))
-                    .label("not a built-in function")
-                    .help(help),
-            );
+            let d = Diagnostic::new(Code::UnknownFunction, name.span, format!("unknown function `{}`", name.name))
+                .label("not a built-in function");
+            self.diags.push(match did_you_mean(&name.name, names.iter().copied()) {
+                Some(s) => d.did_you_mean(name.span, s, ident(s)),
+                None => d.help("`phoenix functions` lists the built-in functions"),
+            });
             return TExpr::error(span);
         };
         let sig = f.signature();

@@ -4,6 +4,7 @@
 //! uses [`Ty::Error`] to avoid reporting follow-on errors of one mistake.
 
 pub(crate) mod expr;
+pub mod facts;
 mod options;
 pub mod typed;
 
@@ -12,10 +13,12 @@ use crate::ast::{
 };
 use crate::catalog::{Catalog, OptionType, Role};
 use crate::diagnostic::{Code, Diagnostic, did_you_mean};
+use crate::fmt::{field_name, ident};
 use crate::plan::graph::{Edge, FlowGraph, Node, NodeKind, OptionValue, Port, RouteArm, TestCase};
 use crate::span::{SourceMap, Span};
 use crate::types::{Record, RecordField, StreamType, Ty};
 use expr::{ExprChecker, Scope};
+use facts::{Decls, ExprScope, Facts, FieldUse};
 use petgraph::graph::{DiGraph, NodeIndex};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -23,7 +26,11 @@ use typed::{TExpr, TExprKind, Value};
 
 /// Check modules (the root first, then its imports) into a typed flow graph. The graph is
 /// returned even when there are errors (for `graph` on a broken flow); callers decide.
-pub fn check(modules: &[Module], sources: &SourceMap, catalog: &dyn Catalog) -> (FlowGraph<TExpr>, Vec<Diagnostic>) {
+pub fn check(
+    modules: &[Module],
+    sources: &SourceMap,
+    catalog: &dyn Catalog,
+) -> (FlowGraph<TExpr>, Vec<Diagnostic>, Facts) {
     let mut c = Checker {
         catalog,
         sources,
@@ -34,8 +41,11 @@ pub fn check(modules: &[Module], sources: &SourceMap, catalog: &dyn Catalog) -> 
         used_sources: HashSet::new(),
         used_flows: HashSet::new(),
         sink_inputs: Vec::new(),
+        facts: Facts::default(),
+        decls: Decls::default(),
     };
-    c.run(modules)
+    let (graph, diags) = c.run(modules);
+    (graph, diags, c.facts)
 }
 
 struct Checker<'a> {
@@ -50,6 +60,8 @@ struct Checker<'a> {
     used_flows: HashSet<String>,
     /// Every edge into a sink with the stage that wrote it, for the sink checks at the end.
     sink_inputs: Vec<(petgraph::graph::EdgeIndex, Span)>,
+    facts: Facts,
+    decls: Decls,
 }
 
 struct SchemaSlot<'a> {
@@ -220,12 +232,15 @@ impl<'a> Checker<'a> {
         let Some(slot) = self.schemas.get_mut(&name.name) else {
             let mut candidates: Vec<&str> = self.schemas.keys().map(String::as_str).collect();
             candidates.sort();
-            let help = did_you_mean(&name.name, candidates.iter().copied()).map(|s| format!("did you mean `{s}`?"));
-            self.push(
-                Diagnostic::new(Code::UndefinedType, name.span, format!("no schema named `{}`", name.name))
-                    .label("not declared")
-                    .maybe_help(help.or_else(|| Some(format!("declare it: `schema {} {{ ... }}`", name.name)))),
-            );
+            let d = Diagnostic::new(Code::UndefinedType, name.span, format!("no schema named `{}`", name.name))
+                .label("not declared");
+            self.push(suggest(
+                d,
+                name.span,
+                did_you_mean(&name.name, candidates.iter().copied()),
+                ident,
+                format!("declare it: `schema {} {{ ... }}`", name.name),
+            ));
             return None;
         };
         match &slot.state {
@@ -253,6 +268,7 @@ impl<'a> Checker<'a> {
 
     fn record(&mut self, r: &ast::RecordType) -> Arc<Record> {
         let mut fields: Vec<RecordField> = Vec::new();
+        let mut decls: Vec<Option<Span>> = Vec::new();
         let mut seen: HashMap<&str, Span> = HashMap::new();
         for f in &r.fields {
             if let Some(prev) = seen.get(f.name.name.as_str()) {
@@ -265,9 +281,20 @@ impl<'a> Checker<'a> {
             }
             seen.insert(&f.name.name, f.name.span);
             let ty = self.type_expr(&f.ty);
+            let def = FieldUse {
+                span: f.name.span,
+                name: f.name.name.clone(),
+                decl: Some(f.name.span),
+                ty: ty.clone(),
+                optional: f.ty.optional,
+            };
+            self.facts.fields.push(def);
             fields.push(RecordField { name: f.name.name.clone(), ty, optional: f.ty.optional });
+            decls.push(Some(f.name.span));
         }
-        Arc::new(Record { fields })
+        let record = Arc::new(Record { fields });
+        self.decls.register(&record, decls);
+        record
     }
 
     fn type_expr(&mut self, t: &ast::TypeExpr) -> Ty {
@@ -285,18 +312,15 @@ impl<'a> Checker<'a> {
                 let mut schemas: Vec<&str> = self.schemas.keys().map(String::as_str).collect();
                 schemas.sort();
                 candidates.extend(schemas);
-                let help = match did_you_mean(&n.name, candidates.iter().copied()) {
-                    Some(s) => format!("did you mean `{s}`?"),
-                    None => {
-                        "types are string, int, float, bool, timestamp, duration, list<T>, { ... } or a schema name"
-                            .into()
-                    }
-                };
-                self.push(
-                    Diagnostic::new(Code::UndefinedType, n.span, format!("unknown type `{}`", n.name))
-                        .label("not a type")
-                        .help(help),
-                );
+                let d = Diagnostic::new(Code::UndefinedType, n.span, format!("unknown type `{}`", n.name))
+                    .label("not a type");
+                self.push(suggest(
+                    d,
+                    n.span,
+                    did_you_mean(&n.name, candidates.iter().copied()),
+                    ident,
+                    "types are string, int, float, bool, timestamp, duration, list<T>, { ... } or a schema name".into(),
+                ));
                 Ty::Error
             }
         }
@@ -335,19 +359,19 @@ impl<'a> Checker<'a> {
         let mut names: Vec<&str> = catalog.connectors().iter().filter(|c| c.role == role).map(|c| c.name).collect();
         names.sort();
         names.dedup();
-        let help = match did_you_mean(&decl.connector.name, names.iter().copied()) {
-            Some(s) => format!("did you mean `{s}`?"),
-            None => format!("{role} connectors: {}", names.join(", ")),
-        };
-        self.push(
-            Diagnostic::new(
-                Code::UnknownConnector,
-                decl.connector.span,
-                format!("unknown connector `{}`", decl.connector.name),
-            )
-            .label(format!("not a {role} connector"))
-            .help(help),
-        );
+        let d = Diagnostic::new(
+            Code::UnknownConnector,
+            decl.connector.span,
+            format!("unknown connector `{}`", decl.connector.name),
+        )
+        .label(format!("not a {role} connector"));
+        self.push(suggest(
+            d,
+            decl.connector.span,
+            did_you_mean(&decl.connector.name, names.iter().copied()),
+            ident,
+            format!("{role} connectors: {}", names.join(", ")),
+        ));
         None
     }
 
@@ -450,19 +474,18 @@ impl<'a> Checker<'a> {
             seen.insert(name, entry.name.span);
             let Some(spec) = specs.iter().find(|s| s.name == name) else {
                 let names: Vec<&str> = specs.iter().map(|s| s.name).collect();
-                let help = match did_you_mean(name, names.iter().copied()) {
-                    Some(s) => {
-                        // The typo stands for `s`: do not also report `s` as missing.
-                        misspelled.insert(s);
-                        format!("did you mean `{s}`?")
-                    }
-                    None => format!("options of {what}: {}", names.join(", ")),
-                };
-                self.push(
-                    Diagnostic::new(Code::UnknownOption, entry.name.span, format!("{what} has no option `{name}`"))
-                        .label("unknown option")
-                        .help(help),
-                );
+                let suggestion = did_you_mean(name, names.iter().copied());
+                // The typo stands for the suggestion: do not also report that one as missing.
+                misspelled.extend(suggestion);
+                let d = Diagnostic::new(Code::UnknownOption, entry.name.span, format!("{what} has no option `{name}`"))
+                    .label("unknown option");
+                self.push(suggest(
+                    d,
+                    entry.name.span,
+                    suggestion,
+                    field_name,
+                    format!("options of {what}: {}", names.join(", ")),
+                ));
                 continue;
             };
             if let OptionType::Expr(ty) = &spec.ty {
@@ -513,22 +536,17 @@ impl<'a> Checker<'a> {
                 .map(|(k, _)| k.as_str())
                 .collect();
             candidates.sort();
-            let help = did_you_mean(name, candidates.iter().copied()).map(|s| format!("did you mean `{s}`?"));
-            let help = help.unwrap_or_else(|| {
-                if self.schemas.contains_key(name) {
-                    format!(
-                        "`{name}` is a schema; declare a source that reads it: `source {} = ... as {name}`",
-                        name.to_lowercase()
-                    )
-                } else {
-                    "declare it with `source` or `flow`".into()
-                }
-            });
-            self.push(
-                Diagnostic::new(Code::UndefinedStream, r.name.span, format!("no source or flow named `{name}`"))
-                    .label("not found")
-                    .help(help),
-            );
+            let otherwise = if self.schemas.contains_key(name) {
+                format!(
+                    "`{name}` is a schema; declare a source that reads it: `source {} = ... as {name}`",
+                    name.to_lowercase()
+                )
+            } else {
+                "declare it with `source` or `flow`".into()
+            };
+            let d = Diagnostic::new(Code::UndefinedStream, r.name.span, format!("no source or flow named `{name}`"))
+                .label("not found");
+            self.push(suggest(d, r.name.span, did_you_mean(name, candidates.iter().copied()), ident, otherwise));
             return None;
         };
         match (named, r.errors) {
@@ -801,13 +819,16 @@ impl<'a> Checker<'a> {
     }
 
     fn expr(&mut self, e: &Expr, c: &Cursor) -> TExpr {
+        self.facts.scopes.push(ExprScope { span: e.span, stream: c.ty.clone(), describe: c.describe.clone() });
         let scope = Scope { stream: &c.ty, describe: &c.describe };
-        ExprChecker { catalog: self.catalog, diags: &mut self.diags }.check(e, &scope)
+        ExprChecker { catalog: self.catalog, diags: &mut self.diags, facts: &mut self.facts, decls: &self.decls }
+            .check(e, &scope)
     }
 
     fn select(&mut self, items: &[SelectItem], span: Span, c: Cursor) -> Cursor {
         let mut star = false;
-        let mut fields: Vec<RecordField> = Vec::new();
+        // Each output field with where it was declared (see `facts::Decls`).
+        let mut fields: Vec<(RecordField, Option<Span>)> = Vec::new();
         let mut out: Vec<(String, TExpr)> = Vec::new();
         let mut seen: HashMap<String, Span> = HashMap::new();
         for item in items {
@@ -820,7 +841,12 @@ impl<'a> Checker<'a> {
                 SelectItem::Star(_) => {
                     star = true;
                     // Items named before `*` win over the input's field of the same name.
-                    fields.extend(c.ty.record.fields.iter().filter(|f| !seen.contains_key(&f.name)).cloned());
+                    let input = &c.ty.record;
+                    for (i, f) in input.fields.iter().enumerate() {
+                        if !seen.contains_key(&f.name) {
+                            fields.push((f.clone(), self.decls.get(input, i)));
+                        }
+                    }
                 }
                 SelectItem::Expr { expr, alias, span } => {
                     let t = self.expr(expr, &c);
@@ -847,18 +873,36 @@ impl<'a> Checker<'a> {
                         continue;
                     }
                     seen.insert(name.clone(), *span);
+                    // A field passed on under its own name keeps its declaration, so a rename
+                    // of the declaration reaches readers after the `select`.
+                    let decl = match (alias, &expr.unparen().kind) {
+                        (Some(a), _) => {
+                            let def = FieldUse {
+                                span: a.span,
+                                name: name.clone(),
+                                decl: Some(a.span),
+                                ty: t.ty.clone(),
+                                optional: t.nullable,
+                            };
+                            self.facts.fields.push(def);
+                            Some(a.span)
+                        }
+                        (None, ast::ExprKind::Field(path)) => {
+                            path.last().and_then(|l| self.facts.field_at(l.span)).and_then(|f| f.decl)
+                        }
+                        _ => None,
+                    };
                     // An explicit item replaces a star field of the same name.
-                    fields.retain(|f| f.name != name);
-                    fields.push(RecordField { name: name.clone(), ty: t.ty.clone(), optional: t.nullable });
+                    fields.retain(|(f, _)| f.name != name);
+                    fields.push((RecordField { name: name.clone(), ty: t.ty.clone(), optional: t.nullable }, decl));
                     out.push((name, t));
                 }
             }
         }
-        let ty = StreamType {
-            record: Arc::new(Record { fields }),
-            open: star && c.ty.open,
-            metadata: c.ty.metadata.clone(),
-        };
+        let (fields, decls): (Vec<RecordField>, Vec<Option<Span>>) = fields.into_iter().unzip();
+        let record = Arc::new(Record { fields });
+        self.decls.register(&record, decls);
+        let ty = StreamType { record, open: star && c.ty.open, metadata: c.ty.metadata.clone() };
         let describe = "the selected event".to_string();
         let node = self.add(NodeKind::Project { star, items: out }, span, ty.clone(), &c);
         Cursor { node, port: Port::Out, ty, describe }
@@ -885,18 +929,14 @@ impl<'a> Checker<'a> {
                     .map(|(k, _)| k.as_str())
                     .collect();
                 sinks.sort();
-                let help = match did_you_mean(&name.name, sinks.iter().copied()) {
-                    Some(s) => format!("did you mean `{s}`?"),
-                    None if sinks.is_empty() => {
-                        format!("declare it: `sink {} = file {{ path = \"out.jsonl\" }}`", name.name)
-                    }
-                    None => format!("declared sinks: {}", sinks.join(", ")),
+                let otherwise = if sinks.is_empty() {
+                    format!("declare it: `sink {} = file {{ path = \"out.jsonl\" }}`", name.name)
+                } else {
+                    format!("declared sinks: {}", sinks.join(", "))
                 };
-                self.push(
-                    Diagnostic::new(Code::UndefinedSink, name.span, format!("no sink named `{}`", name.name))
-                        .label("not found")
-                        .help(help),
-                );
+                let d = Diagnostic::new(Code::UndefinedSink, name.span, format!("no sink named `{}`", name.name))
+                    .label("not found");
+                self.push(suggest(d, name.span, did_you_mean(&name.name, sinks.iter().copied()), ident, otherwise));
                 return;
             }
         };
@@ -1094,10 +1134,12 @@ impl<'a> Checker<'a> {
             || key.as_ref().is_some_and(|k| k.ty == Ty::Bool && !k.nullable && covered_bool.len() == 2);
         if !exhaustive {
             let what = if key.is_some() { "events whose key matches no arm" } else { "events that match no arm" };
+            let edits = self.else_arm(route);
             self.push(
                 Diagnostic::new(Code::NoElse, route.arms_span, "route has no `else` arm")
                     .label(format!("{what} are dropped"))
-                    .help("add `else => drop` to drop them on purpose, or `else => <sink>` to keep them"),
+                    .help("add `else => drop` to drop them on purpose, or `else => <sink>` to keep them")
+                    .fix("add `else => drop`", edits),
             );
         }
         let node = self.add(NodeKind::Route { all, arms: arms.clone() }, span, c.ty.clone(), &c);
@@ -1113,6 +1155,36 @@ impl<'a> Checker<'a> {
                         .help("end the arm's pipeline with a sink, `drop`, or another route"),
                 );
             }
+        }
+    }
+
+    /// The edits adding `else => drop` as the last arm of `route` (which has arms), laid out
+    /// like the arms around it: on its own line before a `}` that has its own line.
+    fn else_arm(&self, route: &ast::Route) -> Vec<(Span, String)> {
+        let text = &self.sources.get(route.arms_span.file).text;
+        let Some(last) = route.arms.last() else { return Vec::new() };
+        let close = (route.arms_span.end as usize).saturating_sub(1);
+        let after_last = text.get(last.span.end as usize..close).unwrap_or("");
+        let comma = after_last.trim_start().starts_with(',');
+        let line_start = text[..close].rfind('\n').map_or(0, |i| i + 1);
+        if text[line_start..close].trim().is_empty() {
+            let arm_line = text[..last.span.start as usize].rfind('\n').map_or(0, |i| i + 1);
+            let indent: String = text[arm_line..].chars().take_while(|c| *c == ' ' || *c == '\t').collect();
+            let mut edits = Vec::new();
+            if !comma {
+                edits.push((Span { start: last.span.end, end: last.span.end, ..last.span }, ",".to_string()));
+            }
+            let at = Span { start: line_start as u32, end: line_start as u32, ..last.span };
+            edits.push((at, format!("{indent}else => drop,\n")));
+            edits
+        } else {
+            let at = if comma {
+                last.span.end as usize + after_last.find(',').unwrap_or(0) + 1
+            } else {
+                last.span.end as usize
+            };
+            let insert = if comma { " else => drop" } else { ", else => drop" };
+            vec![(Span { start: at as u32, end: at as u32, ..last.span }, insert.to_string())]
         }
     }
 
@@ -1366,20 +1438,15 @@ impl<'a> Checker<'a> {
                 .map(|(k, _)| k.as_str())
                 .collect();
             candidates.sort();
-            let help = match did_you_mean(&target.name, candidates.iter().copied()) {
-                Some(s) => format!("did you mean `{s}`?"),
-                None => format!("{want}s: {}", candidates.join(", ")),
-            };
             let verb = if input { "input" } else { "expect" };
-            self.push(
-                Diagnostic::new(
-                    Code::BadTest,
-                    target.span,
-                    format!("`{verb}` needs a {want}, and `{}` is not one", target.name),
-                )
-                .label(format!("not a {want}"))
-                .help(help),
-            );
+            let d = Diagnostic::new(
+                Code::BadTest,
+                target.span,
+                format!("`{verb}` needs a {want}, and `{}` is not one", target.name),
+            )
+            .label(format!("not a {want}"));
+            let suggestion = did_you_mean(&target.name, candidates.iter().copied());
+            self.push(suggest(d, target.span, suggestion, ident, format!("{want}s: {}", candidates.join(", "))));
         }
         ok
     }
@@ -1403,6 +1470,21 @@ impl<'a> Checker<'a> {
         let specs = self.catalog.deploy_options().to_vec();
         let anchor = Span { end: d.span.start + 6, ..d.span };
         Some(self.options(&d.options, &specs, "`deploy`", anchor).0)
+    }
+}
+
+/// `d` with the did-you-mean help and its fix (the name written by `write`) when there is a
+/// suggestion, else with the `otherwise` help.
+fn suggest(
+    d: Diagnostic,
+    span: Span,
+    suggestion: Option<&str>,
+    write: fn(&str) -> String,
+    otherwise: String,
+) -> Diagnostic {
+    match suggestion {
+        Some(s) => d.did_you_mean(span, s, write(s)),
+        None => d.help(otherwise),
     }
 }
 
