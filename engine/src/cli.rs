@@ -134,8 +134,9 @@ enum Command {
     /// Measure throughput: generated ~150-byte events through file → where → select → route →
     /// 3 files (or, with `--sink elasticsearch`, file → elasticsearch into an in-process `_bulk`
     /// server; with `--sink kafka`, kafka → where → kafka on a broker, beside a plain rdkafka
-    /// consume-and-produce loop). Prints events/s, MB/s, CPU seconds and peak RSS. Build with
-    /// `--release`.
+    /// consume-and-produce loop; with `--source s3`, s3 → where → file on an S3 server, beside a
+    /// plain aws-sdk-s3 download of the same objects). Prints events/s, MB/s, CPU seconds and
+    /// peak RSS. Build with `--release`.
     Bench {
         /// What the events are written to.
         #[arg(long, value_enum, default_value_t = BenchSink::File)]
