@@ -150,12 +150,24 @@ enum Command {
     /// Measure throughput: generated ~150-byte events through file → where → select → route →
     /// 3 files (or, with `--sink elasticsearch`, file → elasticsearch into an in-process `_bulk`
     /// server; with `--sink kafka`, kafka → where → kafka on a broker, beside a plain rdkafka
-    /// consume-and-produce loop). Prints events/s, MB/s, CPU seconds and peak RSS. Build with
-    /// `--release`.
+    /// consume-and-produce loop; with `--source s3`, s3 → where → file on an S3 server, beside a
+    /// plain aws-sdk-s3 download of the same objects). Prints events/s, MB/s, CPU seconds and
+    /// peak RSS. Build with `--release`.
     Bench {
         /// What the events are written to.
         #[arg(long, value_enum, default_value_t = BenchSink::File)]
         sink: BenchSink,
+        /// What the events are read from: `s3` runs s3 → where → file on the S3 server at
+        /// `--endpoint`, beside a plain aws-sdk-s3 download of the same objects.
+        #[arg(long, value_enum, default_value_t = BenchSource::File)]
+        source: BenchSource,
+        /// S3 endpoint URL for `--source s3` (a local server, addressed path-style); the bench
+        /// creates a bucket of its own there (and leaves it).
+        #[arg(long, env = "AWS_ENDPOINT_URL")]
+        endpoint: Option<String>,
+        /// How many objects `--source s3` spreads the events over.
+        #[arg(long, default_value_t = 100)]
+        objects: u64,
         /// Kafka bootstrap brokers for `--sink kafka` (`host:port[,host:port]`); the bench
         /// creates topics of its own there (and leaves them).
         #[arg(long, env = "KAFKA_BROKERS")]
@@ -324,6 +336,14 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BenchSource {
+    /// A generated NDJSON file.
+    File,
+    /// Objects uploaded to a bucket at `--endpoint`: s3 → where → file.
+    S3,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum BenchSink {
     /// file → where → select → route → 3 files.
     File,
@@ -451,7 +471,11 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
             }
             Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
-        Command::Bench { sink, brokers, events, workers, dir, runs, schema } => {
+        Command::Bench { sink, source, endpoint, objects, brokers, events, workers, dir, runs, schema } => {
+            anyhow::ensure!(
+                source == BenchSource::File || sink == BenchSink::File,
+                "`--source s3` writes to a file: drop `--sink`"
+            );
             let (dir, cleanup) = match dir {
                 Some(d) => (d, false),
                 None => (std::env::temp_dir().join(format!("phoenix-bench-{}", std::process::id())), true),
@@ -462,6 +486,14 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
             }
             let workers = workers.unwrap_or_else(default_workers);
             let report = match sink {
+                BenchSink::File if source == BenchSource::S3 => {
+                    let endpoint = endpoint.context(
+                        "`--source s3` needs an S3 server: `--endpoint URL` or `AWS_ENDPOINT_URL` \
+                         (a local one: `moto_server -H 127.0.0.1 -p 5000`, see README)",
+                    )?;
+                    let config = crate::bench::s3::Config { endpoint, events, objects, workers, dir: dir.clone() };
+                    runtime()?.block_on(crate::bench::s3::run_bench(&config)).map(|r| r.to_string())
+                }
                 BenchSink::File => runtime()?
                     .block_on(crate::bench::run_bench(&dir, schema, events, workers, runs))
                     .map(|r| r.to_string()),

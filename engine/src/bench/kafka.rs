@@ -222,7 +222,7 @@ async fn measure(config: &Config, topics: &Topics, prefix: &str) -> anyhow::Resu
 }
 
 /// Reset this process's peak RSS (VmHWM) to its current RSS (Linux 4.0+).
-fn reset_peak_rss() -> bool {
+pub(crate) fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
@@ -359,7 +359,7 @@ fn fill(brokers: &str, topic: &str, events: u64) -> anyhow::Result<(u64, u64)> {
 
 /// The flow's `where status != 'charlie-0' and amount >= 1.0`, so the bench knows when Phoenix
 /// is done without trusting the flow's own counters.
-fn kept_by_where(event: &[u8]) -> bool {
+pub(crate) fn kept_by_where(event: &[u8]) -> bool {
     let v: serde_json::Value = serde_json::from_slice(event).unwrap_or_default();
     v["status"].as_str().is_some_and(|s| s != "charlie-0") && v["amount"].as_f64().is_some_and(|a| a >= 1.0)
 }

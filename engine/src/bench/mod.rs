@@ -5,11 +5,12 @@
 //! MB/s, CPU seconds, events per CPU-second and peak RSS. Peak memory must not grow with the
 //! input: run it with 1M and 10M events and compare.
 //!
-//! The other sinks' benches live beside it: [`elasticsearch`] (`--sink elasticsearch`) and
-//! [`kafka`] (`--sink kafka`).
+//! The other connectors' benches live beside it: [`elasticsearch`] (`--sink elasticsearch`),
+//! [`kafka`] (`--sink kafka`) and [`s3`] (`--source s3`).
 
 pub mod elasticsearch;
 pub mod kafka;
+pub mod s3;
 
 use crate::EngineCatalog;
 use crate::connectors::generate::write_record;

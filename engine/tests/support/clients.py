@@ -21,6 +21,8 @@ SQS. Nothing here shares code with Phoenix, so a test that writes with Phoenix a
   clients.py s3-list ENDPOINT BUCKET [PREFIX]                    (JSON lines: key, size, etag, content_encoding)
   clients.py s3-get ENDPOINT BUCKET KEY                          (the object's bytes, gunzipped if its
                                       Content-Encoding is gzip)
+  clients.py s3-download ENDPOINT BUCKET PREFIX                  (lists and downloads every object, 4 at
+                                      once; JSON: objects, lines, bytes, seconds)
 
 Every address is 127.0.0.1; AWS credentials are fake and come from the environment.
 """
@@ -214,6 +216,27 @@ def s3_get(endpoint, bucket, key):
     sys.stdout.buffer.write(data)
 
 
+def s3_download(endpoint, bucket, prefix):
+    # What `phoenix bench --source s3` times as its plain download, in boto3: list, then read
+    # every object to its end, 4 at once (the `s3` source's default concurrency).
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = s3(endpoint)
+    started = time.monotonic()
+    keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            for o in page.get("Contents", [])]
+
+    def read(key):
+        data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return data.count(b"\n"), len(data)
+
+    with ThreadPoolExecutor(4) as pool:
+        done = list(pool.map(read, keys))
+    seconds = time.monotonic() - started
+    print(json.dumps({"objects": len(keys), "lines": sum(n for n, _ in done), "bytes": sum(b for _, b in done),
+                      "seconds": seconds}))
+
+
 COMMANDS = {
     "kafka-produce": kafka_produce,
     "kafka-read": kafka_read,
@@ -228,6 +251,7 @@ COMMANDS = {
     "s3-big-array": s3_big_array,
     "s3-list": s3_list,
     "s3-get": s3_get,
+    "s3-download": s3_download,
 }
 
 if __name__ == "__main__":
