@@ -165,6 +165,14 @@ impl Input {
             Input::Merge { span, .. } => *span,
         }
     }
+
+    /// The streams read, as written: one, or each of a merge's.
+    pub fn streams(&self) -> &[StreamRef] {
+        match self {
+            Input::Stream(s) => std::slice::from_ref(s),
+            Input::Merge { streams, .. } => streams,
+        }
+    }
 }
 
 /// A stream a pipeline reads: `orders`, `orders.errors`.

@@ -170,7 +170,9 @@ impl Walker<'_> {
     }
 
     fn pipeline(&mut self, p: &Pipeline) {
-        self.push(p.input.name.span, Symbol::Stream(p.input.name.name.clone()), false);
+        for r in p.input.streams() {
+            self.push(r.name.span, Symbol::Stream(r.name.name.clone()), false);
+        }
         self.stages(&p.stages);
     }
 
@@ -355,8 +357,8 @@ pub fn unwired_errors(c: &Compilation) -> Vec<(&ConnectorDecl, Role)> {
                 Item::Flow(f) => &f.pipeline,
                 _ => continue,
             };
-            if p.input.errors.is_some() {
-                read.push(&p.input.name.name);
+            for r in p.input.streams().iter().filter(|r| r.errors.is_some()) {
+                read.push(&r.name.name);
             }
         }
     }
@@ -381,7 +383,7 @@ pub fn dead_letter_sinks(c: &Compilation) -> Vec<String> {
             Item::Flow(f) => &f.pipeline,
             _ => continue,
         };
-        if p.input.errors.is_some()
+        if p.input.streams().iter().any(|r| r.errors.is_some())
             && let Some(Stage { kind: StageKind::Sink(s), .. }) = p.stages.last()
             && !out.contains(&s.name)
         {
@@ -488,10 +490,10 @@ pub fn outline(module: &Module, text: &str) -> Vec<OutlineItem> {
             }
             Item::Flow(f) => item(f.name.name.clone(), "flow".into(), OutlineKind::Flow, f.span, f.name.span),
             Item::Pipeline(p) if p.route_statement => {
-                item(first_line(p.span), "route".into(), OutlineKind::Route, p.span, p.input.span)
+                item(first_line(p.span), "route".into(), OutlineKind::Route, p.span, p.input.span())
             }
             Item::Pipeline(p) => {
-                item(first_line(p.span), "pipeline".into(), OutlineKind::Pipeline, p.span, p.input.span)
+                item(first_line(p.span), "pipeline".into(), OutlineKind::Pipeline, p.span, p.input.span())
             }
             Item::Test(t) => item(t.name.clone(), "test".into(), OutlineKind::Test, t.span, t.name_span),
             Item::Deploy(d) => {
@@ -694,7 +696,7 @@ impl SlotFinder<'_> {
     }
 
     fn pipeline(&mut self, p: &Pipeline, statement: bool) -> Option<Slot> {
-        if (self.at)(p.input.name.span) {
+        if p.input.streams().iter().any(|r| (self.at)(r.name.span)) {
             return Some(if statement && p.stages.is_empty() { Slot::Item } else { Slot::Stream });
         }
         self.stages(&p.stages)
