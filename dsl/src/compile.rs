@@ -40,7 +40,7 @@ impl Compilation {
         if self.has_errors() {
             return None;
         }
-        crate::plan::lower_flow(self.flow.clone()?, catalog).ok()
+        crate::stack::with_room(|| crate::plan::lower_flow(self.flow.clone()?, catalog).ok())
     }
 
     pub fn render(&self, color: bool) -> String {
@@ -50,6 +50,10 @@ impl Compilation {
 
 /// Compile the flow at `root`.
 pub fn compile(root: &str, loader: &dyn Loader, catalog: &dyn Catalog) -> Compilation {
+    crate::stack::with_room(|| compile_on(root, loader, catalog))
+}
+
+fn compile_on(root: &str, loader: &dyn Loader, catalog: &dyn Catalog) -> Compilation {
     let mut sources = SourceMap::new();
     let mut diagnostics = Vec::new();
     let mut modules = Vec::new();

@@ -17,10 +17,12 @@ const MAX_WIDTH: usize = 100;
 
 /// Parses `text` and prints it in canonical layout, keeping every comment.
 pub fn format(text: &str) -> Result<String, Vec<Diagnostic>> {
-    let module = crate::parser::parse(FileId(0), text)?;
-    let mut printer = Printer::new(text);
-    printer.module(&module);
-    Ok(printer.out)
+    crate::stack::with_room(|| {
+        let module = crate::parser::parse(FileId(0), text)?;
+        let mut printer = Printer::new(text);
+        printer.module(&module);
+        Ok(printer.out)
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

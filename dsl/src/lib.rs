@@ -9,6 +9,7 @@ pub mod parser;
 pub mod plan;
 pub mod query;
 pub mod span;
+pub mod stack;
 pub mod types;
 
 pub use compile::{Compilation, Loader, MemoryLoader, compile};

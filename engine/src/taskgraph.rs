@@ -75,6 +75,11 @@ pub fn node_labels(flow: &Plan, sources: &SourceMap) -> Vec<(String, String)> {
 
 impl TaskGraph {
     pub fn build(flow: &Plan, sources: &SourceMap, metrics: &Metrics) -> Result<TaskGraph, PlanError> {
+        // Physical expressions are built recursively, as deep as the flow's expressions.
+        phoenix_dsl::stack::with_room(|| Self::build_on(flow, sources, metrics))
+    }
+
+    fn build_on(flow: &Plan, sources: &SourceMap, metrics: &Metrics) -> Result<TaskGraph, PlanError> {
         let g = &flow.graph;
         let mut sink_index = HashMap::new();
         let mut sinks_at = Vec::new();

@@ -106,3 +106,28 @@ fn pathological_inputs() {
     compile_bytes(vec![0xff, 0xfe, 0x00, b'{']);
     compile_bytes(Vec::new());
 }
+
+/// `phoenix serve` and the language server compile on threads with little stack (a tokio worker
+/// has 2 MiB); the deepest expression the parser admits still compiles, plans and formats there.
+#[test]
+fn deepest_admitted_expression_compiles_on_a_small_stack() {
+    let depth = phoenix_dsl::parser::MAX_DEPTH - 8;
+    let text = format!("source s = stdin as {{ a: bool }}\nsink o = stdout\ns | where {}a | o\n", "not ".repeat(depth));
+    std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(move || {
+            let loader = phoenix_dsl::MemoryLoader::new([("input.phx".to_string(), text.clone().into_bytes())]);
+            let catalog = phoenix_engine::EngineCatalog::new();
+            let c = phoenix_dsl::compile("input.phx", &loader, &catalog);
+            assert!(!c.has_errors(), "{}", c.render(false));
+            let plan = c.plan(&catalog).expect("plans");
+            let metrics = phoenix_engine::observability::metrics::Metrics::new(phoenix_engine::taskgraph::node_labels(
+                &plan, &c.sources,
+            ));
+            phoenix_engine::taskgraph::TaskGraph::build(&plan, &c.sources, &metrics).expect("builds");
+            phoenix_dsl::fmt::format(&text).expect("formats");
+        })
+        .expect("spawn")
+        .join()
+        .expect("no overflow");
+}
