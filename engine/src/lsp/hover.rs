@@ -81,7 +81,11 @@ pub fn describe(
                     s.push_str("\n\nNothing writes to it yet.");
                 }
                 for (i, input) in inputs.iter().enumerate() {
-                    let _ = write!(s, "\n\nReceives ({} of {}):\n{}", i + 1, inputs.len(), stream(input));
+                    match inputs.len() {
+                        1 => s.push_str("\n\nReceives:\n"),
+                        n => _ = write!(s, "\n\nReceives ({} of {n}):\n", i + 1),
+                    }
+                    s.push_str(&stream(input));
                 }
                 s.push_str("\n\nIts `.errors` port carries the events it gives up on.");
             }

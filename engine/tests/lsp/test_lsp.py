@@ -251,7 +251,7 @@ async def test_hover(client: LanguageClient, examples):
     meta = await hover(client, uri, text, "(@remote", into=2)
     assert "@remote: string?" in meta
     sink = await hover(client, uri, text, "| search", into=3)
-    assert "sink search = elasticsearch" in sink and "Receives (1 of 2)" in sink and "channel: string" in sink
+    assert "sink search = elasticsearch" in sink and "Receives:" in sink and "channel: string" in sink
     dead = await hover(client, uri, text, "| dead_letters", into=3)
     assert "Contract" in dead and "DeadLetter" in dead
 
@@ -291,15 +291,18 @@ async def test_completion_in_the_middle_of_an_edit(client: LanguageClient, examp
     got = await at_edit("coalesce(@remote, 'unknown')", "coalesce(@")
     assert {"remote", "size"} <= got
     # Sinks and stages after `|`.
-    got = await at_edit("from_http | search", "from_http | ")
+    got = await at_edit("valid | search", "valid | ")
     assert {"search", "rejected", "dead_letters", "where", "select", "drop"} <= got
     assert "api" not in got
     # Sinks and `drop` as an arm's target.
     got = await at_edit("  'product' => products,", "  'product' => ")
     assert {"products", "rejected", "drop", "where", "select", "route"} <= got
     # Streams after `route`.
-    got = await at_edit("route from_http by type", "route ")
-    assert {"api", "from_http", "api.errors", "search.errors"} <= got and "search" not in got
+    got = await at_edit("route valid by type", "route ")
+    assert {"api", "from_http", "events", "valid", "api.errors", "search.errors"} <= got and "search" not in got
+    # Streams inside a merge.
+    got = await at_edit("merge(from_http, from_files)", "merge(from_http, ")
+    assert {"from_files", "batch", "api.errors"} <= got and "search" not in got
     # Connectors after `=`, then the options of the connector being written.
     got = await at_edit("sink rejected = file {", "sink rejected = ")
     assert {"file", "kafka", "elasticsearch", "stdout"} <= got and "http" not in got
