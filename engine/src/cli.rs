@@ -942,7 +942,8 @@ async fn serve(
         }
     };
     let settings = Settings::parse(set).map_err(anyhow::Error::msg)?;
-    let config = api::Config { store, keys, workers: workers.unwrap_or_else(default_workers), settings };
+    let events = Arc::new(api::events::EventStore::new(&flows));
+    let config = api::Config { store, keys, events, workers: workers.unwrap_or_else(default_workers), settings };
     let listener = server::bind(address).await?;
     tracing::info!(address = %listener.local_addr()?, flows = %flows.display(), "serving /api/v1, /health, /ready and /metrics");
     let stop = async {
