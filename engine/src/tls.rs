@@ -40,7 +40,8 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         std::fs::read(path).map_err(|source| TlsError::Read { what, path: path.display().to_string(), source })
     };
     let cert_pem = read("certificate", cert)?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem).filter_map(Result::ok).collect();
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&cert_pem).filter_map(Result::ok).collect();
     if chain.is_empty() {
         return Err(TlsError::Pem { what: "certificate", path: cert.display().to_string(), expected: "CERTIFICATE" });
     }

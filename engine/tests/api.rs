@@ -33,6 +33,11 @@ impl Serve {
 
     /// Started with `env`, not waited for.
     fn spawn(dir: &Path, env: &[(&str, String)]) -> Serve {
+        Serve::spawn_with(dir, env, &[])
+    }
+
+    /// Started with `env` and more arguments, not waited for.
+    fn spawn_with(dir: &Path, env: &[(&str, String)], args: &[String]) -> Serve {
         let addr = format!("127.0.0.1:{}", free_port());
         let log = std::fs::File::create(dir.join("phoenix.log")).expect("log");
         let child = phoenix()
@@ -41,6 +46,7 @@ impl Serve {
             .args(["--address", &addr, "--api-keys"])
             .arg(dir.join("keys"))
             .args(["--workers", "1"])
+            .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
@@ -862,5 +868,136 @@ print(json.dumps(len(checked)))
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    api.stop();
+}
+
+/// A self-signed certificate for 127.0.0.1 made with the openssl CLI: `(cert.pem, key.pem)`.
+fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (cert, key)
+}
+
+/// curl over HTTPS, trusting only `ca`: the status (0 when no HTTP answer came) and the body.
+fn curl_tls(ca: &Path, url: &str, method: &str, headers: &[String], body: Option<&str>) -> (u16, String) {
+    let mut c = std::process::Command::new("/usr/bin/curl");
+    c.args(["-sS", "--noproxy", "*", "--max-time", "60", "-X", method, "-w", "\n%{http_code}", "--cacert"]).arg(ca);
+    for h in headers {
+        c.args(["-H", h]);
+    }
+    if let Some(b) = body {
+        c.args(["--data-binary", b]);
+    }
+    let out = c.arg(url).output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+    (status.trim().parse().unwrap_or(0), format!("{body}{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// `phoenix serve --tls-cert --tls-key` serves the API over HTTPS only; an `http` source with
+/// `tls_cert`/`tls_key` and `api_keys` takes events over HTTPS from write keys only, and a
+/// rewritten key file takes effect without a restart. Real curl and Python `requests`, both
+/// verifying the certificate (no `-k`).
+#[test]
+fn https_for_the_api_and_an_http_source_with_api_keys() {
+    let dir = setup("api-tls");
+    let (cert, key) = self_signed(&dir);
+    let args = ["--tls-cert".to_string(), cert.display().to_string(), "--tls-key".into(), key.display().to_string()];
+    let api = Serve::spawn_with(&dir, &[], &args);
+    let base = format!("https://{}", api.addr);
+    let auth = |k: &str| vec![format!("Authorization: Bearer {k}")];
+    api.until("/ready over https", || curl_tls(&cert, &format!("{base}/ready"), "GET", &[], None).0 == 200);
+    let (status, answer) = curl_tls(&cert, &format!("{base}/api/v1/flows"), "GET", &auth(READ_KEY), None);
+    assert_eq!((status, answer.as_str()), (200, r#"{"flows":[]}"#));
+    let (status, _) = curl_tls(&cert, &format!("http://{}/api/v1/flows", api.addr), "GET", &auth(READ_KEY), None);
+    assert_ne!(status, 200, "plain HTTP is not served beside HTTPS");
+    // A client that trusts another certificate stops at the handshake.
+    std::fs::create_dir_all(dir.join("other")).expect("dir");
+    let (other, _) = self_signed(&dir.join("other"));
+    let (status, answer) = curl_tls(&other, &format!("{base}/health"), "GET", &[], None);
+    assert_eq!(status, 0, "{answer}");
+    assert!(answer.contains("certificate"), "{answer}");
+
+    // The source: its own key file, HTTPS with the same certificate.
+    let port = free_port();
+    let out = dir.join("events.jsonl");
+    let source_keys = dir.join("ingest-keys");
+    std::fs::write(&source_keys, "# producers\npost-0001 write\nlook-0001 read\n").expect("keys");
+    let flow = format!(
+        "schema E {{ id: int }}\n\
+         source api = http {{ address = \"127.0.0.1:{port}\", path = \"/events\", api_keys = \"{}\", \
+         tls_cert = \"{}\", tls_key = \"{}\" }} as E\n\
+         sink out = file {{ path = \"{}\" }}\n\
+         api | out\n",
+        source_keys.display(),
+        cert.display(),
+        key.display(),
+        out.display()
+    );
+    let (status, answer) =
+        curl_tls(&cert, &format!("{base}/api/v1/flows/ingest"), "PUT", &auth(WRITE_KEY), Some(&flow));
+    assert_eq!(status, 201, "{answer}");
+    assert!(answer.contains("running"), "{answer}");
+    let events = format!("https://127.0.0.1:{port}/events");
+    let post = |key: Option<&str>, body: &str| {
+        curl_tls(&cert, &events, "POST", &key.map(auth).unwrap_or_default(), Some(body))
+    };
+    let (status, answer) = post(None, "{\"id\": 1}");
+    assert_eq!(status, 401, "{answer}");
+    assert!(answer.contains("API key"), "{answer}");
+    assert_eq!(post(Some("post-0002"), "{\"id\": 1}").0, 401, "a wrong key");
+    assert_eq!(post(Some("post-000"), "{\"id\": 1}").0, 401, "a prefix of a key");
+    assert_eq!(post(Some("look-0001"), "{\"id\": 1}").0, 403, "a read key");
+    let (status, answer) = post(Some("post-0001"), "{\"id\": 1}\n{\"id\": 2}\n");
+    assert_eq!((status, answer.as_str()), (200, r#"{"accepted":2,"rejected":0,"errors":[]}"#));
+    assert_eq!(ids(&out), [1, 2]);
+    let (status, _) =
+        curl_tls(&cert, &format!("http://127.0.0.1:{port}/events"), "POST", &auth("post-0001"), Some("{\"id\": 9}"));
+    assert_ne!(status, 200, "the source speaks HTTPS only");
+
+    // A new key file: the new key in, the old one out, no restart.
+    std::fs::write(&source_keys, "post-0002 write\n").expect("keys");
+    api.until("the source's new key", || post(Some("post-0002"), "{\"id\": 3}").0 == 200);
+    assert_eq!(post(Some("post-0001"), "{\"id\": 4}").0, 401, "the old key is gone");
+
+    // Python `requests`, verifying the certificate: the API and the source.
+    let script = r#"
+import os, requests
+ca = os.environ["CA"]
+r = requests.get("https://" + os.environ["ADDR"] + "/api/v1/flows/ingest", headers={"Authorization": "Bearer " + os.environ["READ_KEY"]}, verify=ca)
+assert r.status_code == 200 and r.json()["status"]["state"] == "running", r.text
+r = requests.post(os.environ["EVENTS"], json=[{"id": 5}, {"id": 6}], headers={"Authorization": "Bearer post-0002"}, verify=ca)
+assert r.status_code == 200 and r.json()["accepted"] == 2, r.text
+r = requests.post(os.environ["EVENTS"], json={"id": 7}, verify=ca)
+assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer", (r.status_code, r.headers)
+print("ok")
+"#;
+    let py = std::process::Command::new("python3")
+        .args(["-c", script])
+        .env("ADDR", &api.addr)
+        .env("EVENTS", &events)
+        .env("CA", &cert)
+        .env("READ_KEY", READ_KEY)
+        .env("NO_PROXY", "*")
+        .output()
+        .expect("python3");
+    assert!(
+        py.status.success() && String::from_utf8_lossy(&py.stdout).trim() == "ok",
+        "{}{}",
+        String::from_utf8_lossy(&py.stdout),
+        String::from_utf8_lossy(&py.stderr)
+    );
+    assert_eq!(ids(&out), [1, 2, 3, 5, 6]);
+    let log = std::fs::read_to_string(dir.join("phoenix.log")).unwrap_or_default();
+    assert!(!log.contains("post-000"), "a source key was logged:\n{log}");
     api.stop();
 }

@@ -57,6 +57,8 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Server(#[from] ServerError),
+    #[error("cannot serve HTTPS: {0}")]
+    Tls(#[source] std::io::Error),
 }
 
 /// What `phoenix serve` needs besides its listener.
@@ -69,6 +71,8 @@ pub struct Config {
     /// Decode-and-process tasks per source of each flow.
     pub workers: usize,
     pub settings: Settings,
+    /// Serve HTTPS with this (`--tls-cert`, `--tls-key`) instead of plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Start the stored flows, serve the API and the operational endpoints on `listener` until
@@ -86,7 +90,14 @@ pub async fn serve(
     let served = CancellationToken::new();
     let server = {
         let stop = served.clone();
-        tokio::spawn(server::serve_router(listener, app, async move { stop.cancelled().await }))
+        let stopped = async move { stop.cancelled().await };
+        match config.tls {
+            Some(tls) => {
+                let listener = crate::tls::TlsListener::new(listener, tls).map_err(ApiError::Tls)?;
+                tokio::spawn(server::serve_router(listener, app, stopped))
+            }
+            None => tokio::spawn(server::serve_router(listener, app, stopped)),
+        }
     };
     // Serving first: `/health` answers (and `/ready` says `starting`) while the flows start.
     if let Err(e) = flows.start_all().await {
@@ -175,7 +186,7 @@ fn changes_nothing(path: &str) -> bool {
 }
 
 /// The credentials of `Bearer KEY` (the scheme in any case, RFC 9110 §11.1).
-fn bearer(value: &[u8]) -> Option<&[u8]> {
+pub(crate) fn bearer(value: &[u8]) -> Option<&[u8]> {
     let (scheme, rest) = value.split_at_checked(7)?;
     scheme.eq_ignore_ascii_case(b"bearer ").then(|| rest.trim_ascii())
 }
