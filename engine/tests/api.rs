@@ -227,13 +227,19 @@ fn every_api_route_needs_a_key_of_the_right_scope_and_the_key_file_is_re_read() 
     let dir = setup("api-auth");
     let api = Serve::start(&dir);
     let flow = b"schema E { id: int }\nsource g = generate { count = 1 } as E\nsink s = stdout {}\ng | s\n";
-    let routes: [(&str, &str, Option<&[u8]>); 6] = [
+    let definition = br#"{"name": "E", "schema": "schema E { id: int }"}"#;
+    let routes: [(&str, &str, Option<&[u8]>); 11] = [
         ("GET", "/api/v1/flows", None),
         ("GET", "/api/v1/flows/x", None),
         ("PUT", "/api/v1/flows/x", Some(flow)),
         ("DELETE", "/api/v1/flows/x", None),
         ("GET", "/api/v1/routes?type=order", None),
         ("POST", "/api/v1/route", Some(b"{\"id\": 1}")),
+        ("GET", "/api/v1/events", None),
+        ("POST", "/api/v1/events", Some(definition)),
+        ("GET", "/api/v1/events/E-v1", None),
+        ("DELETE", "/api/v1/events/E-v1", None),
+        ("POST", "/api/v1/events/E-v1/validate", Some(b"{\"id\": 1}")),
     ];
     for (method, path, body) in routes {
         let (status, answer) = api.call(None, method, path, body);
@@ -241,14 +247,15 @@ fn every_api_route_needs_a_key_of_the_right_scope_and_the_key_file_is_re_read() 
         assert_eq!(api.call(Some("wrong"), method, path, body).0, 401, "{method} {path} with a wrong key");
         assert_eq!(api.call(Some(&WRITE_KEY[..WRITE_KEY.len() - 1]), method, path, body).0, 401, "a prefix");
         let with_read = api.call(Some(READ_KEY), method, path, body).0;
-        // Routing an event changes nothing: a read key may.
-        if method == "GET" || path == "/api/v1/route" {
+        // Routing or validating an event changes nothing: a read key may.
+        if method == "GET" || path == "/api/v1/route" || path.ends_with("/validate") {
             assert!(with_read == 200 || with_read == 404, "{method} {path} with the read key: {with_read}");
         } else {
             assert_eq!(with_read, 403, "{method} {path} with the read key");
         }
     }
     assert!(!dir.join("flows/x.phx").exists(), "nothing was written without the write key");
+    assert!(!dir.join("flows/events").exists(), "no definition was written without the write key");
     assert_eq!(api.call(Some(WRITE_KEY), "PUT", "/api/v1/flows/x", Some(flow)).0, 201);
     assert_eq!(api.call(Some(WRITE_KEY), "DELETE", "/api/v1/flows/x", None).0, 204);
     // The operational endpoints stay open (probes and scrapers carry no key).
@@ -997,6 +1004,10 @@ print("ok")
         String::from_utf8_lossy(&py.stderr)
     );
     assert_eq!(ids(&out), [1, 2, 3, 5, 6]);
+    // Deleted: the HTTPS listener closes with the flow.
+    let (status, answer) = curl_tls(&cert, &format!("{base}/api/v1/flows/ingest"), "DELETE", &auth(WRITE_KEY), None);
+    assert_eq!(status, 204, "{answer}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "the source's port is closed");
     let log = std::fs::read_to_string(dir.join("phoenix.log")).unwrap_or_default();
     assert!(!log.contains("post-000"), "a source key was logged:\n{log}");
     api.stop();

@@ -418,6 +418,20 @@ mod tests {
     use super::*;
     use crate::api::store::DirStore;
 
+    #[test]
+    fn if_match_compares_tags_strongly() {
+        let tag = etag("schema E { id: int }\n");
+        assert_eq!(tag, etag("schema E { id: int }\n"), "the same text, the same tag");
+        assert_ne!(tag, etag("schema E { id: int }"));
+        assert!(if_match(&tag, Some(&tag)));
+        assert!(if_match(&format!("\"x\", {tag}"), Some(&tag)));
+        assert!(if_match("*", Some(&tag)));
+        assert!(!if_match("*", None), "`*` needs a current flow");
+        assert!(!if_match(&tag, None));
+        assert!(!if_match(&format!("W/{tag}"), Some(&tag)), "weak tags never match");
+        assert!(!if_match("\"x\"", Some(&tag)));
+    }
+
     const FLOW: &str = "schema E { id: int }\nsource g = generate { count = 3 } as E\nsink s = stdout {}\ng | s\n";
 
     fn flows(name: &str) -> (Flows, std::path::PathBuf) {
