@@ -120,6 +120,12 @@ enum Command {
         /// /api/v1 call is refused.
         #[arg(long, value_name = "FILE", env = "PHOENIX_API_KEYS")]
         api_keys: Option<std::path::PathBuf>,
+        /// Serve HTTPS with this PEM certificate chain (leaf first); needs --tls-key.
+        #[arg(long, value_name = "FILE", env = "PHOENIX_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<std::path::PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, value_name = "FILE", env = "PHOENIX_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<std::path::PathBuf>,
         /// `NAME=value` answers `env("NAME")` in every flow.
         #[arg(long = "set", value_name = "NAME=VALUE")]
         set: Vec<String>,
@@ -455,9 +461,10 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
             };
             runtime()?.block_on(run_flow(run, plan, sources, &metrics_address))
         }
-        Command::Serve { flows, address, api_keys, set, workers, log_format, verbose } => {
+        Command::Serve { flows, address, api_keys, tls_cert, tls_key, set, workers, log_format, verbose } => {
             logging::init(log_format, verbose);
-            runtime()?.block_on(serve(flows, &address, api_keys, &set, workers))
+            let tls = tls_cert.zip(tls_key);
+            runtime()?.block_on(serve(flows, &address, api_keys, tls, &set, workers))
         }
         Command::Test { flows, filter } => {
             let rt = runtime()?;
@@ -925,6 +932,7 @@ async fn serve(
     flows: std::path::PathBuf,
     address: &str,
     api_keys: Option<std::path::PathBuf>,
+    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     set: &[String],
     workers: Option<usize>,
 ) -> anyhow::Result<ExitCode> {
@@ -942,9 +950,15 @@ async fn serve(
         }
     };
     let settings = Settings::parse(set).map_err(anyhow::Error::msg)?;
-    let config = api::Config { store, keys, workers: workers.unwrap_or_else(default_workers), settings };
+    let events = Arc::new(api::events::EventStore::new(&flows));
+    let tls = match &tls {
+        Some((cert, key)) => Some(crate::tls::server_config(cert, key)?),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let config = api::Config { store, keys, events, workers: workers.unwrap_or_else(default_workers), settings, tls };
     let listener = server::bind(address).await?;
-    tracing::info!(address = %listener.local_addr()?, flows = %flows.display(), "serving /api/v1, /health, /ready and /metrics");
+    tracing::info!(address = %listener.local_addr()?, flows = %flows.display(), "serving /api/v1, /health, /ready and /metrics over {scheme}");
     let stop = async {
         wait_for_signal().await;
         // A second signal exits at once, as `phoenix run` does.

@@ -17,6 +17,7 @@ pub mod reload;
 pub mod run;
 pub mod taskgraph;
 pub mod testing;
+pub mod tls;
 
 pub use catalog::EngineCatalog;
 pub use loader::FsLoader;

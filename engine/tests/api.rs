@@ -33,6 +33,11 @@ impl Serve {
 
     /// Started with `env`, not waited for.
     fn spawn(dir: &Path, env: &[(&str, String)]) -> Serve {
+        Serve::spawn_with(dir, env, &[])
+    }
+
+    /// Started with `env` and more arguments, not waited for.
+    fn spawn_with(dir: &Path, env: &[(&str, String)], args: &[String]) -> Serve {
         let addr = format!("127.0.0.1:{}", free_port());
         let log = std::fs::File::create(dir.join("phoenix.log")).expect("log");
         let child = phoenix()
@@ -41,6 +46,7 @@ impl Serve {
             .args(["--address", &addr, "--api-keys"])
             .arg(dir.join("keys"))
             .args(["--workers", "1"])
+            .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
@@ -221,13 +227,19 @@ fn every_api_route_needs_a_key_of_the_right_scope_and_the_key_file_is_re_read() 
     let dir = setup("api-auth");
     let api = Serve::start(&dir);
     let flow = b"schema E { id: int }\nsource g = generate { count = 1 } as E\nsink s = stdout {}\ng | s\n";
-    let routes: [(&str, &str, Option<&[u8]>); 6] = [
+    let definition = br#"{"name": "E", "schema": "schema E { id: int }"}"#;
+    let routes: [(&str, &str, Option<&[u8]>); 11] = [
         ("GET", "/api/v1/flows", None),
         ("GET", "/api/v1/flows/x", None),
         ("PUT", "/api/v1/flows/x", Some(flow)),
         ("DELETE", "/api/v1/flows/x", None),
         ("GET", "/api/v1/routes?type=order", None),
         ("POST", "/api/v1/route", Some(b"{\"id\": 1}")),
+        ("GET", "/api/v1/events", None),
+        ("POST", "/api/v1/events", Some(definition)),
+        ("GET", "/api/v1/events/E-v1", None),
+        ("DELETE", "/api/v1/events/E-v1", None),
+        ("POST", "/api/v1/events/E-v1/validate", Some(b"{\"id\": 1}")),
     ];
     for (method, path, body) in routes {
         let (status, answer) = api.call(None, method, path, body);
@@ -235,14 +247,15 @@ fn every_api_route_needs_a_key_of_the_right_scope_and_the_key_file_is_re_read() 
         assert_eq!(api.call(Some("wrong"), method, path, body).0, 401, "{method} {path} with a wrong key");
         assert_eq!(api.call(Some(&WRITE_KEY[..WRITE_KEY.len() - 1]), method, path, body).0, 401, "a prefix");
         let with_read = api.call(Some(READ_KEY), method, path, body).0;
-        // Routing an event changes nothing: a read key may.
-        if method == "GET" || path == "/api/v1/route" {
+        // Routing or validating an event changes nothing: a read key may.
+        if method == "GET" || path == "/api/v1/route" || path.ends_with("/validate") {
             assert!(with_read == 200 || with_read == 404, "{method} {path} with the read key: {with_read}");
         } else {
             assert_eq!(with_read, 403, "{method} {path} with the read key");
         }
     }
     assert!(!dir.join("flows/x.phx").exists(), "nothing was written without the write key");
+    assert!(!dir.join("flows/events").exists(), "no definition was written without the write key");
     assert_eq!(api.call(Some(WRITE_KEY), "PUT", "/api/v1/flows/x", Some(flow)).0, 201);
     assert_eq!(api.call(Some(WRITE_KEY), "DELETE", "/api/v1/flows/x", None).0, 204);
     // The operational endpoints stay open (probes and scrapers carry no key).
@@ -604,5 +617,398 @@ print("ok")
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    api.stop();
+}
+
+/// A POST of JSON with `key`; the status and the answer as JSON.
+fn post_json(api: &Serve, key: &str, path: &str, body: &Value) -> (u16, Value) {
+    let headers = [format!("Authorization: Bearer {key}"), "Content-Type: application/json".to_string()];
+    let (status, text) = curl_with(&api.addr, "POST", path, &headers, Some(body.to_string().as_bytes()));
+    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")))
+}
+
+/// Event definitions: compiled like flows, versioned, imported by a flow from the store's
+/// `events/` folder, judged field by field by the decoder, kept across a restart, and not
+/// deletable while a flow imports them.
+#[test]
+fn event_definitions_are_versioned_validated_imported_and_kept() {
+    let dir = setup("api-events");
+    let api = Serve::start(&dir);
+    let v1 = "// who signed up\nschema UserSignup { id: int, email: string, plan: string? }\n";
+    let define = |api: &Serve, key: &str, schema: &str| {
+        post_json(api, key, "/api/v1/events", &serde_json::json!({"name": "UserSignup", "schema": schema}))
+    };
+    let (status, def) = define(&api, WRITE_KEY, v1);
+    assert_eq!(status, 201, "{def}");
+    assert_eq!((def["id"].as_str(), def["version"].as_u64()), (Some("UserSignup-v1"), Some(1)), "{def}");
+    assert_eq!(def["validate"], "/api/v1/events/UserSignup-v1/validate");
+    assert_eq!(def["import"], "events/UserSignup.phx");
+    assert_eq!(define(&api, WRITE_KEY, v1).0, 200, "the same text again is the same version");
+    assert_eq!(define(&api, READ_KEY, v1).0, 403, "defining needs the write scope");
+
+    // The compiler's diagnostics, in the flows' shape; texts that are no definition of the name.
+    let (status, answer) = define(&api, WRITE_KEY, "schema UserSignup {\n  id: innt\n}\n");
+    assert_eq!(status, 400, "{answer}");
+    let d = &answer["diagnostics"][0];
+    assert_eq!((d["severity"].as_str(), d["line"].as_u64(), d["column"].as_u64()), (Some("error"), Some(2), Some(7)));
+    assert!(d["code"].as_str().is_some_and(|c| c.starts_with('E')) && d["help"].is_string(), "{answer}");
+    assert!(d["file"].as_str().is_some_and(|f| f.ends_with("events/UserSignup.phx")), "{answer}");
+    let (status, answer) = define(&api, WRITE_KEY, "schema Other { id: int }\n");
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"].as_str().is_some_and(|e| e.contains("schema UserSignup")), "{answer}");
+    let with_source = format!("{v1}source s = generate {{}} as UserSignup\n");
+    assert_eq!(define(&api, WRITE_KEY, &with_source).0, 400);
+    let (status, _) =
+        post_json(&api, WRITE_KEY, "/api/v1/events", &serde_json::json!({"name": "no-dash", "schema": v1}));
+    assert_eq!(status, 400);
+
+    // Field by field, with a read key.
+    let validate = |id: &str, event: &str| -> Value {
+        let (status, text) =
+            api.call(Some(READ_KEY), "POST", &format!("/api/v1/events/{id}/validate"), Some(event.as_bytes()));
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str(&text).expect("json")
+    };
+    let bad = validate("UserSignup-v1", r#"{"id": "seven", "ref": "ad", "utm": 1}"#);
+    assert_eq!(bad["valid"], false, "{bad}");
+    // The whole event's verdict is the decoder's, with its reason; the fields say the rest.
+    assert_eq!(bad["error"], "missing required field `email`", "{bad}");
+    let fields: Vec<(&str, &str, &str)> = bad["fields"]
+        .as_array()
+        .expect("fields")
+        .iter()
+        .map(|f| {
+            (
+                f["field"].as_str().expect("field"),
+                f["expected"].as_str().expect("type"),
+                f["status"].as_str().expect("status"),
+            )
+        })
+        .collect();
+    assert_eq!(fields, [("id", "int", "wrong_type"), ("email", "string", "missing"), ("plan", "string?", "absent")]);
+    assert_eq!(bad["undeclared"], serde_json::json!(["ref", "utm"]));
+    let good = validate("UserSignup-v1", r#"{"id": 7, "email": "a@example.com", "plan": "pro"}"#);
+    assert_eq!((good["valid"].clone(), good["error"].clone()), (Value::Bool(true), Value::Null), "{good}");
+    let broken = validate("UserSignup-v1", r#"{"id": 7,}"#);
+    assert_eq!(broken["valid"], false);
+    assert!(broken["error"].as_str().is_some_and(|e| e.starts_with("invalid JSON at byte 9")), "{broken}");
+    assert_eq!(api.call(Some(READ_KEY), "POST", "/api/v1/events/UserSignup-v9/validate", Some(b"{}")).0, 404);
+
+    // A flow imports the definition by its path in the store.
+    let out = dir.join("signups.jsonl");
+    let flow = format!(
+        "import \"events/UserSignup.phx\"\n\
+         source g = generate {{ count = 2 }} as UserSignup\n\
+         sink out = file {{ path = \"{}\" }}\n\
+         g | out\n",
+        out.display()
+    );
+    let (status, answer) = api.json("PUT", "/api/v1/flows/signups", Some(flow.as_bytes()));
+    assert_eq!(status, 201, "{answer}");
+    api.until("the generated signups", || lines(&out).len() == 2);
+    let written: Value = serde_json::from_str(&lines(&out)[0]).expect("json");
+    assert!(written["id"].is_i64() && written["email"].is_string(), "{written}");
+
+    // A new version; the old one stays readable by its id.
+    let v2 = "schema UserSignup { id: int, email: string, plan: string?, referrer: string? }\n";
+    let (status, def) = define(&api, WRITE_KEY, v2);
+    assert_eq!((status, def["id"].as_str()), (201, Some("UserSignup-v2")), "{def}");
+    let (_, list) = api.json("GET", "/api/v1/events?name=UserSignup", None);
+    let versions: Vec<(String, bool)> = list["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|d| (d["id"].as_str().expect("id").to_string(), d["current"].as_bool().expect("current")))
+        .collect();
+    assert_eq!(versions, [("UserSignup-v1".to_string(), false), ("UserSignup-v2".to_string(), true)]);
+    let (status, old) = api.json("GET", "/api/v1/events/UserSignup-v1", None);
+    assert_eq!((status, old["schema"].as_str()), (200, Some(v1)));
+    assert_eq!(std::fs::read_to_string(dir.join("flows/events/UserSignup.phx")).expect("current"), v2);
+    let referred = validate("UserSignup-v2", r#"{"id": 1, "email": "e", "referrer": 5}"#);
+    assert_eq!(referred["fields"][3]["status"], "wrong_type", "{referred}");
+    assert_eq!(validate("UserSignup-v1", r#"{"id": 1, "email": "e", "referrer": 5}"#)["valid"], true);
+
+    // The current version cannot go while a flow imports it; an old one can.
+    assert_eq!(api.call(Some(READ_KEY), "DELETE", "/api/v1/events/UserSignup-v2", None).0, 403);
+    let (status, answer) = api.json("DELETE", "/api/v1/events/UserSignup-v2", None);
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(answer["flows"], serde_json::json!(["signups"]));
+    assert!(answer["error"].as_str().is_some_and(|e| e.contains("signups")), "{answer}");
+    assert_eq!(api.json("DELETE", "/api/v1/events/UserSignup-v1", None).0, 204);
+    assert_eq!(api.json("GET", "/api/v1/events/UserSignup-v1", None).0, 404);
+    api.stop();
+
+    // A restart keeps the definitions, and the flow that imports one starts again.
+    let api = Serve::start(&dir);
+    let (_, list) = api.json("GET", "/api/v1/events", None);
+    let ids: Vec<&str> =
+        list["events"].as_array().expect("events").iter().map(|d| d["id"].as_str().expect("id")).collect();
+    assert_eq!(ids, ["UserSignup-v2"], "{list}");
+    let (_, flow) = api.json("GET", "/api/v1/flows/signups", None);
+    assert_ne!(flow["status"]["state"], "invalid", "{flow}");
+    assert_eq!(api.json("DELETE", "/api/v1/flows/signups", None).0, 204);
+    assert_eq!(api.json("DELETE", "/api/v1/events/UserSignup-v2", None).0, 204, "no flow imports it now");
+    assert!(!dir.join("flows/events/UserSignup.phx").exists());
+    let (_, list) = api.json("GET", "/api/v1/events", None);
+    assert_eq!(list["events"], serde_json::json!([]));
+    api.stop();
+}
+
+/// `If-Match` on PUT and DELETE: the flow's `ETag` lets the change through, another tag (or a
+/// flow that does not exist) is 412 Precondition Failed and changes nothing.
+#[test]
+fn if_match_guards_replacing_and_deleting_a_flow() {
+    let dir = setup("api-if-match");
+    let api = Serve::start(&dir);
+    let text = |n: u32| {
+        format!("schema E {{ id: int }}\nsource g = generate {{ count = {n} }} as E\nsink s = stdout {{}}\ng | s\n")
+    };
+    let call = |method: &str, if_match: Option<&str>, body: Option<&str>| -> (u16, Value) {
+        let mut headers = vec![format!("Authorization: Bearer {WRITE_KEY}")];
+        headers.extend(if_match.map(|m| format!("If-Match: {m}")));
+        let (status, answer) = curl_with(&api.addr, method, "/api/v1/flows/guarded", &headers, body.map(str::as_bytes));
+        (status, if answer.is_empty() { Value::Null } else { serde_json::from_str(&answer).expect("json") })
+    };
+    // No flow yet: any tag, even `*`, fails.
+    assert_eq!(call("PUT", Some("*"), Some(&text(1))).0, 412);
+    let (status, created) = call("PUT", None, Some(&text(1)));
+    assert_eq!(status, 201, "{created}");
+    let tag1 = created["etag"].as_str().expect("etag").to_string();
+    assert!(tag1.starts_with('"') && tag1.len() == 34, "{tag1}");
+    let (_, got) = call("GET", None, None);
+    assert_eq!(got["etag"], tag1.as_str(), "GET and PUT agree");
+
+    let (status, answer) = call("PUT", Some("\"0000\""), Some(&text(2)));
+    assert_eq!(status, 412, "{answer}");
+    assert!(answer["error"].as_str().is_some_and(|e| e.contains(&tag1)), "names the current tag: {answer}");
+    assert_eq!(call("GET", None, None).1["text"], text(1).as_str(), "unchanged");
+    // Weak tags never match (If-Match compares strongly).
+    assert_eq!(call("PUT", Some(&format!("W/{tag1}")), Some(&text(2))).0, 412);
+    let (status, replaced) = call("PUT", Some(&format!("\"1111\", {tag1}")), Some(&text(2)));
+    assert_eq!(status, 200, "{replaced}");
+    let tag2 = replaced["etag"].as_str().expect("etag").to_string();
+    assert_ne!(tag1, tag2);
+    // A stale tag: someone else changed it meanwhile.
+    assert_eq!(call("DELETE", Some(&tag1), None).0, 412);
+    assert!(dir.join("flows/guarded.phx").exists());
+    assert_eq!(call("DELETE", Some(&tag2), None).0, 204);
+    assert_eq!(call("DELETE", Some("*"), None).0, 412, "nothing to match any more");
+    api.stop();
+}
+
+/// docs/openapi.yaml against real answers: every answer of a run through the routes validates
+/// against the schema the document gives for its route and status (Python `jsonschema`), and
+/// every documented operation is served (a wrong method is 405).
+#[test]
+fn real_answers_match_the_openapi_document() {
+    let dir = setup("api-openapi");
+    let api = Serve::start(&dir);
+    let script = r#"
+import os, json, sys, requests, yaml, jsonschema
+doc = yaml.safe_load(open(os.environ["DOC"]))
+base = "http://" + os.environ["ADDR"]
+w = {"Authorization": "Bearer " + os.environ["WRITE_KEY"]}
+checked = []
+def check(method, template, path, status, **kw):
+    headers = kw.pop("headers", w)
+    r = requests.request(method, base + path, headers=headers, **kw)
+    assert r.status_code == status, (method, path, r.status_code, r.text)
+    op = doc["paths"][template][method.lower()]
+    resp = op["responses"][str(status)]
+    if "$ref" in resp:
+        resp = doc["components"]["responses"][resp["$ref"].split("/")[-1]]
+    if "content" in resp:
+        schema = dict(resp["content"]["application/json"]["schema"])
+        schema["components"] = doc["components"]
+        jsonschema.Draft202012Validator(schema).validate(r.json())
+    else:
+        assert r.content == b"", r.text
+    checked.append((method, template, status))
+    return r
+flow = "schema E { id: int }\nsource g = generate { count = 1 } as E\nsink s = stdout {}\ng | s\n"
+check("PUT", "/api/v1/flows/{name}", "/api/v1/flows/doc", 201, data=flow)
+r = check("GET", "/api/v1/flows/{name}", "/api/v1/flows/doc", 200)
+assert r.headers["ETag"] == r.json()["etag"], r.headers
+check("PUT", "/api/v1/flows/{name}", "/api/v1/flows/doc", 200, data=flow, headers=dict(w, **{"If-Match": r.headers["ETag"]}))
+check("PUT", "/api/v1/flows/{name}", "/api/v1/flows/doc", 412, data=flow, headers=dict(w, **{"If-Match": '"x"'}))
+check("PUT", "/api/v1/flows/{name}", "/api/v1/flows/doc", 400, data="source g = \n")
+check("GET", "/api/v1/flows", "/api/v1/flows", 200)
+check("GET", "/api/v1/flows/{name}", "/api/v1/flows/nope", 404)
+check("GET", "/api/v1/routes", "/api/v1/routes", 200)
+check("POST", "/api/v1/route", "/api/v1/route?type=order", 200, json={"id": 1})
+schema = "schema Signup { id: int }\n"
+check("POST", "/api/v1/events", "/api/v1/events", 201, json={"name": "Signup", "schema": schema})
+check("POST", "/api/v1/events", "/api/v1/events", 200, json={"name": "Signup", "schema": schema})
+check("POST", "/api/v1/events", "/api/v1/events", 400, json={"name": "Signup", "schema": "schema Signup { id: nope }"})
+check("GET", "/api/v1/events", "/api/v1/events?name=Signup", 200)
+check("GET", "/api/v1/events/{id}", "/api/v1/events/Signup-v1", 200)
+check("POST", "/api/v1/events/{id}/validate", "/api/v1/events/Signup-v1/validate", 200, json={"id": "x", "y": 1})
+check("POST", "/api/v1/events/{id}/validate", "/api/v1/events/Signup-v1/validate", 200, json={"id": 1})
+check("POST", "/api/v1/events/{id}/validate", "/api/v1/events/Signup-v9/validate", 404, json={})
+imports = "import \"events/Signup.phx\"\nsource g = generate { count = 1 } as Signup\nsink s = stdout {}\ng | s\n"
+check("PUT", "/api/v1/flows/{name}", "/api/v1/flows/importer", 201, data=imports)
+check("DELETE", "/api/v1/events/{id}", "/api/v1/events/Signup-v1", 409)
+check("DELETE", "/api/v1/flows/{name}", "/api/v1/flows/importer", 204)
+check("DELETE", "/api/v1/events/{id}", "/api/v1/events/Signup-v1", 204)
+check("DELETE", "/api/v1/flows/{name}", "/api/v1/flows/doc", 204)
+check("DELETE", "/api/v1/flows/{name}", "/api/v1/flows/doc", 404)
+# Every documented operation is served; other methods on a documented path are 405.
+for template, item in doc["paths"].items():
+    path = template.replace("{name}", "doc").replace("{id}", "Signup-v1")
+    for method in ["GET", "PUT", "POST", "DELETE", "PATCH"]:
+        r = requests.request(method, base + path, headers=w, data="{}")
+        documented = method.lower() in item
+        assert (r.status_code != 405) == documented, (method, template, r.status_code, r.text)
+print(json.dumps(len(checked)))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .env("ADDR", &api.addr)
+        .env("WRITE_KEY", WRITE_KEY)
+        .env("DOC", Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.yaml"))
+        .env("NO_PROXY", "*")
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "23",
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    api.stop();
+}
+
+/// A self-signed certificate for 127.0.0.1 made with the openssl CLI: `(cert.pem, key.pem)`.
+fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (cert, key)
+}
+
+/// curl over HTTPS, trusting only `ca`: the status (0 when no HTTP answer came) and the body.
+fn curl_tls(ca: &Path, url: &str, method: &str, headers: &[String], body: Option<&str>) -> (u16, String) {
+    let mut c = std::process::Command::new("/usr/bin/curl");
+    c.args(["-sS", "--noproxy", "*", "--max-time", "60", "-X", method, "-w", "\n%{http_code}", "--cacert"]).arg(ca);
+    for h in headers {
+        c.args(["-H", h]);
+    }
+    if let Some(b) = body {
+        c.args(["--data-binary", b]);
+    }
+    let out = c.arg(url).output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+    (status.trim().parse().unwrap_or(0), format!("{body}{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// `phoenix serve --tls-cert --tls-key` serves the API over HTTPS only; an `http` source with
+/// `tls_cert`/`tls_key` and `api_keys` takes events over HTTPS from write keys only, and a
+/// rewritten key file takes effect without a restart. Real curl and Python `requests`, both
+/// verifying the certificate (no `-k`).
+#[test]
+fn https_for_the_api_and_an_http_source_with_api_keys() {
+    let dir = setup("api-tls");
+    let (cert, key) = self_signed(&dir);
+    let args = ["--tls-cert".to_string(), cert.display().to_string(), "--tls-key".into(), key.display().to_string()];
+    let api = Serve::spawn_with(&dir, &[], &args);
+    let base = format!("https://{}", api.addr);
+    let auth = |k: &str| vec![format!("Authorization: Bearer {k}")];
+    api.until("/ready over https", || curl_tls(&cert, &format!("{base}/ready"), "GET", &[], None).0 == 200);
+    let (status, answer) = curl_tls(&cert, &format!("{base}/api/v1/flows"), "GET", &auth(READ_KEY), None);
+    assert_eq!((status, answer.as_str()), (200, r#"{"flows":[]}"#));
+    let (status, _) = curl_tls(&cert, &format!("http://{}/api/v1/flows", api.addr), "GET", &auth(READ_KEY), None);
+    assert_ne!(status, 200, "plain HTTP is not served beside HTTPS");
+    // A client that trusts another certificate stops at the handshake.
+    std::fs::create_dir_all(dir.join("other")).expect("dir");
+    let (other, _) = self_signed(&dir.join("other"));
+    let (status, answer) = curl_tls(&other, &format!("{base}/health"), "GET", &[], None);
+    assert_eq!(status, 0, "{answer}");
+    assert!(answer.contains("certificate"), "{answer}");
+
+    // The source: its own key file, HTTPS with the same certificate.
+    let port = free_port();
+    let out = dir.join("events.jsonl");
+    let source_keys = dir.join("ingest-keys");
+    std::fs::write(&source_keys, "# producers\npost-0001 write\nlook-0001 read\n").expect("keys");
+    let flow = format!(
+        "schema E {{ id: int }}\n\
+         source api = http {{ address = \"127.0.0.1:{port}\", path = \"/events\", api_keys = \"{}\", \
+         tls_cert = \"{}\", tls_key = \"{}\" }} as E\n\
+         sink out = file {{ path = \"{}\" }}\n\
+         api | out\n",
+        source_keys.display(),
+        cert.display(),
+        key.display(),
+        out.display()
+    );
+    let (status, answer) =
+        curl_tls(&cert, &format!("{base}/api/v1/flows/ingest"), "PUT", &auth(WRITE_KEY), Some(&flow));
+    assert_eq!(status, 201, "{answer}");
+    assert!(answer.contains("running"), "{answer}");
+    let events = format!("https://127.0.0.1:{port}/events");
+    let post = |key: Option<&str>, body: &str| {
+        curl_tls(&cert, &events, "POST", &key.map(auth).unwrap_or_default(), Some(body))
+    };
+    let (status, answer) = post(None, "{\"id\": 1}");
+    assert_eq!(status, 401, "{answer}");
+    assert!(answer.contains("API key"), "{answer}");
+    assert_eq!(post(Some("post-0002"), "{\"id\": 1}").0, 401, "a wrong key");
+    assert_eq!(post(Some("post-000"), "{\"id\": 1}").0, 401, "a prefix of a key");
+    assert_eq!(post(Some("look-0001"), "{\"id\": 1}").0, 403, "a read key");
+    let (status, answer) = post(Some("post-0001"), "{\"id\": 1}\n{\"id\": 2}\n");
+    assert_eq!((status, answer.as_str()), (200, r#"{"accepted":2,"rejected":0,"errors":[]}"#));
+    assert_eq!(ids(&out), [1, 2]);
+    let (status, _) =
+        curl_tls(&cert, &format!("http://127.0.0.1:{port}/events"), "POST", &auth("post-0001"), Some("{\"id\": 9}"));
+    assert_ne!(status, 200, "the source speaks HTTPS only");
+
+    // A new key file: the new key in, the old one out, no restart.
+    std::fs::write(&source_keys, "post-0002 write\n").expect("keys");
+    api.until("the source's new key", || post(Some("post-0002"), "{\"id\": 3}").0 == 200);
+    assert_eq!(post(Some("post-0001"), "{\"id\": 4}").0, 401, "the old key is gone");
+
+    // Python `requests`, verifying the certificate: the API and the source.
+    let script = r#"
+import os, requests
+ca = os.environ["CA"]
+r = requests.get("https://" + os.environ["ADDR"] + "/api/v1/flows/ingest", headers={"Authorization": "Bearer " + os.environ["READ_KEY"]}, verify=ca)
+assert r.status_code == 200 and r.json()["status"]["state"] == "running", r.text
+r = requests.post(os.environ["EVENTS"], json=[{"id": 5}, {"id": 6}], headers={"Authorization": "Bearer post-0002"}, verify=ca)
+assert r.status_code == 200 and r.json()["accepted"] == 2, r.text
+r = requests.post(os.environ["EVENTS"], json={"id": 7}, verify=ca)
+assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer", (r.status_code, r.headers)
+print("ok")
+"#;
+    let py = std::process::Command::new("python3")
+        .args(["-c", script])
+        .env("ADDR", &api.addr)
+        .env("EVENTS", &events)
+        .env("CA", &cert)
+        .env("READ_KEY", READ_KEY)
+        .env("NO_PROXY", "*")
+        .output()
+        .expect("python3");
+    assert!(
+        py.status.success() && String::from_utf8_lossy(&py.stdout).trim() == "ok",
+        "{}{}",
+        String::from_utf8_lossy(&py.stdout),
+        String::from_utf8_lossy(&py.stderr)
+    );
+    assert_eq!(ids(&out), [1, 2, 3, 5, 6]);
+    // Deleted: the HTTPS listener closes with the flow.
+    let (status, answer) = curl_tls(&cert, &format!("{base}/api/v1/flows/ingest"), "DELETE", &auth(WRITE_KEY), None);
+    assert_eq!(status, 204, "{answer}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "the source's port is closed");
+    let log = std::fs::read_to_string(dir.join("phoenix.log")).unwrap_or_default();
+    assert!(!log.contains("post-000"), "a source key was logged:\n{log}");
     api.stop();
 }

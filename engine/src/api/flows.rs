@@ -31,6 +31,27 @@ pub enum ChangeError {
     /// The process is draining its flows to exit: nothing starts any more.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// `If-Match` named another version of the flow (or a flow that does not exist).
+    #[error("the flow is not the version `If-Match` names (it is {})", .current.as_deref().unwrap_or("absent"))]
+    PreconditionFailed { current: Option<String> },
+}
+
+/// A flow text's entity tag (`ETag`, quoted): the first 128 bits of its SHA-256, in hex. The
+/// same text has the same tag in every process, so a client can compare without asking.
+pub fn etag(text: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(text.as_bytes());
+    let hex: String = d[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("\"{hex}\"")
+}
+
+/// Whether an `If-Match` value lets a change of a flow whose text has the tag `current` (`None`:
+/// there is no such flow) go ahead (RFC 9110 §13.1.1): `*` matches any existing flow, a list
+/// matches when one of its tags is the current one by strong comparison, so a weak tag
+/// (`W/"..."`) never matches.
+pub fn if_match(header: &str, current: Option<&str>) -> bool {
+    let Some(current) = current else { return false };
+    header.split(',').map(str::trim).any(|tag| tag == "*" || tag == current)
 }
 
 /// How long a PUT waits for the new flow's connectors to be built before it answers.
@@ -148,23 +169,7 @@ impl Flows {
     pub fn compile(&self, name: &str, text: &str) -> Result<Compiled, Vec<ApiDiagnostic>> {
         let root = self.store.file_name(name);
         let c = self.front_end(name, text);
-        let diagnostics: Vec<ApiDiagnostic> = c
-            .diagnostics
-            .iter()
-            .map(|d| {
-                let (line, column) = c.sources.line_column(d.span());
-                ApiDiagnostic {
-                    code: d.code.as_str().to_string(),
-                    severity: if d.is_error() { "error" } else { "warning" },
-                    message: d.message.clone(),
-                    file: c.sources.get(d.span().file).name.clone(),
-                    line,
-                    column,
-                    help: d.help.clone(),
-                    notes: d.notes.clone(),
-                }
-            })
-            .collect();
+        let diagnostics = diagnostics(&c);
         if c.has_errors() {
             return Err(diagnostics);
         }
@@ -218,11 +223,25 @@ impl Flows {
     /// Store and run `compiled` as `name`, draining the flow it replaces first. `true` if
     /// there was one.
     pub async fn replace(&self, name: &str, text: &str, compiled: Compiled) -> Result<bool, ChangeError> {
+        self.replace_if(name, text, compiled, None).await
+    }
+
+    /// [`Flows::replace`] when the stored text matches `precondition` (an `If-Match` value),
+    /// checked under the change lock so no other change slips in between.
+    pub async fn replace_if(
+        &self,
+        name: &str,
+        text: &str,
+        compiled: Compiled,
+        precondition: Option<&str>,
+    ) -> Result<bool, ChangeError> {
         let _change = self.changes.lock().await;
         if self.closing.load(Ordering::Acquire) {
             return Err(ChangeError::ShuttingDown);
         }
-        let existed = self.store.get(name)?.is_some();
+        let stored = self.store.get(name)?;
+        self.precondition(stored.as_deref(), precondition)?;
+        let existed = stored.is_some();
         self.store.put(name, text)?;
         self.stop(name).await;
         self.start(name, compiled);
@@ -248,12 +267,26 @@ impl Flows {
 
     /// Stop `name` (draining it) and forget it. `false` if there was no such flow.
     pub async fn delete(&self, name: &str) -> Result<bool, ChangeError> {
+        self.delete_if(name, None).await
+    }
+
+    /// [`Flows::delete`] when the stored text matches `precondition` (an `If-Match` value).
+    pub async fn delete_if(&self, name: &str, precondition: Option<&str>) -> Result<bool, ChangeError> {
         let _change = self.changes.lock().await;
         if self.closing.load(Ordering::Acquire) {
             return Err(ChangeError::ShuttingDown);
         }
+        if precondition.is_some() {
+            self.precondition(self.store.get(name)?.as_deref(), precondition)?;
+        }
         let was_running = self.stop(name).await;
         Ok(self.store.delete(name)? || was_running)
+    }
+
+    fn precondition(&self, stored: Option<&str>, precondition: Option<&str>) -> Result<(), ChangeError> {
+        let Some(wanted) = precondition else { return Ok(()) };
+        let current = stored.map(etag);
+        if if_match(wanted, current.as_deref()) { Ok(()) } else { Err(ChangeError::PreconditionFailed { current }) }
     }
 
     /// Drain every flow (at shutdown), all at once.
@@ -345,6 +378,26 @@ impl Flows {
     }
 }
 
+/// Every diagnostic of `c` as the API reports it.
+pub fn diagnostics(c: &Compilation) -> Vec<ApiDiagnostic> {
+    c.diagnostics
+        .iter()
+        .map(|d| {
+            let (line, column) = c.sources.line_column(d.span());
+            ApiDiagnostic {
+                code: d.code.as_str().to_string(),
+                severity: if d.is_error() { "error" } else { "warning" },
+                message: d.message.clone(),
+                file: c.sources.get(d.span().file).name.clone(),
+                line,
+                column,
+                help: d.help.clone(),
+                notes: d.notes.clone(),
+            }
+        })
+        .collect()
+}
+
 /// The flow's root file from memory (a text not yet stored), its imports from disk.
 struct TextLoader<'a> {
     root: String,
@@ -364,6 +417,20 @@ impl Loader for TextLoader<'_> {
 mod tests {
     use super::*;
     use crate::api::store::DirStore;
+
+    #[test]
+    fn if_match_compares_tags_strongly() {
+        let tag = etag("schema E { id: int }\n");
+        assert_eq!(tag, etag("schema E { id: int }\n"), "the same text, the same tag");
+        assert_ne!(tag, etag("schema E { id: int }"));
+        assert!(if_match(&tag, Some(&tag)));
+        assert!(if_match(&format!("\"x\", {tag}"), Some(&tag)));
+        assert!(if_match("*", Some(&tag)));
+        assert!(!if_match("*", None), "`*` needs a current flow");
+        assert!(!if_match(&tag, None));
+        assert!(!if_match(&format!("W/{tag}"), Some(&tag)), "weak tags never match");
+        assert!(!if_match("\"x\"", Some(&tag)));
+    }
 
     const FLOW: &str = "schema E { id: int }\nsource g = generate { count = 3 } as E\nsink s = stdout {}\ng | s\n";
 

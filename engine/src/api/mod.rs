@@ -5,16 +5,25 @@
 //!   resources on a cluster).
 //! - [`flows`] — the running flows: compile, start, replace, stop.
 //! - [`keys`] — API keys and their scopes, re-read when the file changes.
+//! - [`events`] — event definitions: versioned schemas flows import, and events checked
+//!   against them ([`event_routes`] serves them).
+//! - docs/openapi.yaml describes every route [`router`] serves (a test in `openapi` holds them
+//!   together).
 //!
 //! Like the metrics server, binding is the caller's and serving takes a shutdown future, so
 //! tests bind port 0 and stop it when they like.
 
+mod event_routes;
+pub mod events;
 pub mod flows;
 pub mod keys;
+#[cfg(test)]
+mod openapi;
 pub mod routes;
 pub mod store;
 
-use crate::api::flows::{ApiDiagnostic, ChangeError, Flows};
+use crate::api::events::EventStore;
+use crate::api::flows::{ApiDiagnostic, ChangeError, Flows, etag};
 use crate::api::keys::{KeyFile, Scope};
 use crate::api::store::{FlowStore, StoreError, check_name};
 use crate::exec::trace::trace;
@@ -48,6 +57,8 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Server(#[from] ServerError),
+    #[error("cannot serve HTTPS: {0}")]
+    Tls(#[source] std::io::Error),
 }
 
 /// What `phoenix serve` needs besides its listener.
@@ -55,9 +66,13 @@ pub enum ApiError {
 pub struct Config {
     pub store: Arc<dyn FlowStore>,
     pub keys: KeyFile,
+    /// The event definitions (`DIR/events/` beside the flows).
+    pub events: Arc<EventStore>,
     /// Decode-and-process tasks per source of each flow.
     pub workers: usize,
     pub settings: Settings,
+    /// Serve HTTPS with this (`--tls-cert`, `--tls-key`) instead of plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Start the stored flows, serve the API and the operational endpoints on `listener` until
@@ -71,11 +86,18 @@ pub async fn serve(
     let health = Health::new();
     let flows =
         Arc::new(Flows::new(config.store, metrics.clone(), health.readiness(), config.workers, config.settings));
-    let app = server::router(metrics, health.clone()).merge(router(flows.clone(), config.keys));
+    let app = server::router(metrics, health.clone()).merge(router(flows.clone(), config.keys, config.events));
     let served = CancellationToken::new();
     let server = {
         let stop = served.clone();
-        tokio::spawn(server::serve_router(listener, app, async move { stop.cancelled().await }))
+        let stopped = async move { stop.cancelled().await };
+        match config.tls {
+            Some(tls) => {
+                let listener = crate::tls::TlsListener::new(listener, tls).map_err(ApiError::Tls)?;
+                tokio::spawn(server::serve_router(listener, app, stopped))
+            }
+            None => tokio::spawn(server::serve_router(listener, app, stopped)),
+        }
     };
     // Serving first: `/health` answers (and `/ready` says `starting`) while the flows start.
     if let Err(e) = flows.start_all().await {
@@ -98,16 +120,21 @@ pub async fn serve(
 struct Api {
     flows: Arc<Flows>,
     keys: KeyFile,
+    events: Arc<EventStore>,
 }
 
-/// `/api/v1`, every route behind [`authorize`].
-pub fn router(flows: Arc<Flows>, keys: KeyFile) -> Router {
-    let api = Api { flows, keys };
+/// `/api/v1`, every route behind [`authorize`]. [`openapi::ROUTES`] lists the same routes (a
+/// test holds the two and docs/openapi.yaml together).
+pub fn router(flows: Arc<Flows>, keys: KeyFile, events: Arc<EventStore>) -> Router {
+    let api = Api { flows, keys, events };
     Router::new()
         .route("/api/v1/flows", get(list_flows))
         .route("/api/v1/flows/{name}", get(get_flow).put(put_flow).delete(delete_flow))
         .route("/api/v1/routes", get(list_routes))
         .route("/api/v1/route", post(route_event))
+        .route("/api/v1/events", get(event_routes::list).post(event_routes::create))
+        .route("/api/v1/events/{id}", get(event_routes::get).delete(event_routes::delete))
+        .route("/api/v1/events/{id}/validate", post(event_routes::validate))
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(api)
@@ -122,6 +149,7 @@ fn change_error(e: ChangeError) -> Response {
     match e {
         ChangeError::Store(e) => store_error(e),
         ChangeError::ShuttingDown => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        ChangeError::PreconditionFailed { .. } => error(StatusCode::PRECONDITION_FAILED, e.to_string()),
     }
 }
 
@@ -143,7 +171,7 @@ async fn authorize(State(api): State<Api>, request: Request, next: Next) -> Resp
     let Some(presented) = presented.filter(|p| !p.is_empty()) else {
         return unauthorized("an API key is needed: `Authorization: Bearer KEY`");
     };
-    let reads = matches!(*request.method(), Method::GET | Method::HEAD) || request.uri().path() == "/api/v1/route";
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD) || changes_nothing(request.uri().path());
     let needed = if reads { Scope::Read } else { Scope::Write };
     match api.keys.scope(presented) {
         None => unauthorized("the API key is not valid"),
@@ -152,8 +180,13 @@ async fn authorize(State(api): State<Api>, request: Request, next: Next) -> Resp
     }
 }
 
+/// POSTs that only compute an answer: routing an event, validating one against a definition.
+fn changes_nothing(path: &str) -> bool {
+    path == "/api/v1/route" || path.strip_prefix("/api/v1/events/").is_some_and(|p| p.ends_with("/validate"))
+}
+
 /// The credentials of `Bearer KEY` (the scheme in any case, RFC 9110 §11.1).
-fn bearer(value: &[u8]) -> Option<&[u8]> {
+pub(crate) fn bearer(value: &[u8]) -> Option<&[u8]> {
     let (scheme, rest) = value.split_at_checked(7)?;
     scheme.eq_ignore_ascii_case(b"bearer ").then(|| rest.trim_ascii())
 }
@@ -180,13 +213,17 @@ async fn get_flow(State(api): State<Api>, Path(name): Path<String>) -> Response 
     }
     let store = api.flows.store();
     match store.get(&name) {
-        Ok(Some(text)) => Json(json!({
-            "name": name,
-            "text": text,
-            "status": store.status(&name),
-            "nodes": api.flows.counts(&name).unwrap_or_default(),
-        }))
-        .into_response(),
+        Ok(Some(text)) => with_etag(
+            Json(json!({
+                "name": name,
+                "etag": etag(&text),
+                "text": text,
+                "status": store.status(&name),
+                "nodes": api.flows.counts(&name).unwrap_or_default(),
+            }))
+            .into_response(),
+            &text,
+        ),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no flow named `{name}`")),
         Err(e) => store_error(e),
     }
@@ -242,31 +279,53 @@ async fn put_flow(
         Err(diagnostics) => return invalid(&name, diagnostics),
     };
     let warnings = compiled.warnings.clone();
-    match api.flows.replace(&name, &text, compiled).await {
+    match api.flows.replace_if(&name, &text, compiled, precondition(&headers)).await {
         Ok(existed) => {
             let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
-            let answer = json!({"name": name, "status": api.flows.store().status(&name), "warnings": warnings});
-            (status, Json(answer)).into_response()
+            let answer = json!({
+                "name": name,
+                "etag": etag(&text),
+                "status": api.flows.store().status(&name),
+                "warnings": warnings,
+            });
+            with_etag((status, Json(answer)).into_response(), &text)
         }
         Err(e) => change_error(e),
     }
 }
 
+/// The `If-Match` of a change; a value that is not text matches nothing.
+fn precondition(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::IF_MATCH).map(|v| v.to_str().unwrap_or("\u{0}"))
+}
+
+fn with_etag(mut r: Response, text: &str) -> Response {
+    if let Ok(v) = header::HeaderValue::from_str(&etag(text)) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    r
+}
+
 /// 400 with every diagnostic; the running flow is untouched.
 fn invalid(name: &str, diagnostics: Vec<ApiDiagnostic>) -> Response {
+    invalid_text(&format!("the flow `{name}`"), diagnostics)
+}
+
+/// 400 with every diagnostic of `what` (a flow, an event definition).
+fn invalid_text(what: &str, diagnostics: Vec<ApiDiagnostic>) -> Response {
     let errors = diagnostics.iter().filter(|d| d.severity == "error").count();
     let answer = json!({
-        "error": format!("the flow `{name}` has {errors} error{}", if errors == 1 { "" } else { "s" }),
+        "error": format!("{what} has {errors} error{}", if errors == 1 { "" } else { "s" }),
         "diagnostics": diagnostics,
     });
     (StatusCode::BAD_REQUEST, Json(answer)).into_response()
 }
 
-async fn delete_flow(State(api): State<Api>, Path(name): Path<String>) -> Response {
+async fn delete_flow(State(api): State<Api>, Path(name): Path<String>, headers: HeaderMap) -> Response {
     if let Err(e) = check_name(&name) {
         return store_error(e);
     }
-    match api.flows.delete(&name).await {
+    match api.flows.delete_if(&name, precondition(&headers)).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => error(StatusCode::NOT_FOUND, format!("no flow named `{name}`")),
         Err(e) => change_error(e),

@@ -116,11 +116,16 @@ pub async fn serve(
 }
 
 /// [`serve`] with any router (`phoenix serve` adds the control-plane API to [`router`]).
-pub async fn serve_router(
-    listener: TcpListener,
+pub async fn serve_router<L>(
+    listener: L,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServerError> {
+) -> Result<(), ServerError>
+where
+    // A plain TCP listener, or [`crate::tls::TlsListener`].
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let stopping = CancellationToken::new();
     let signal = {
         let stopping = stopping.clone();

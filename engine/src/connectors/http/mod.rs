@@ -19,6 +19,18 @@ pub fn source_spec() -> ConnectorSpec {
                 OptionSpec::new("path", OptionType::String, "Request path that accepts events.").default("/"),
                 OptionSpec::new("max_body", OptionType::Size, "Largest request body; larger requests get 413.")
                     .default("10MiB"),
+                OptionSpec::new(
+                    "api_keys",
+                    OptionType::String,
+                    "Key file (`KEY write` a line, as `phoenix serve --api-keys`): requests need `Authorization: \
+                     Bearer KEY` with a write key, else 401 (403 for a read key); re-read when it changes.",
+                ),
+                OptionSpec::new(
+                    "tls_cert",
+                    OptionType::String,
+                    "PEM certificate chain (leaf first): serve HTTPS. Needs `tls_key`.",
+                ),
+                OptionSpec::new("tls_key", OptionType::String, "PEM private key of `tls_cert`."),
             ],
             source_options(),
         ),

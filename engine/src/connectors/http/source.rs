@@ -7,6 +7,8 @@
 //!
 //! | request                                   | response                     |
 //! |-------------------------------------------|------------------------------|
+//! | `api_keys` set, no key or an unknown one  | 401 (`WWW-Authenticate`)     |
+//! | `api_keys` set, a read key                | 403                          |
 //! | POST to `path`, every event handled       | 200 (below)                  |
 //! | the flow could not deliver / is stopping  | 503 `{"error": "..."}`       |
 //! | empty body, broken JSON array             | 400 `{"error": "..."}`       |
@@ -26,6 +28,8 @@
 //! The handlers never hold the [`SourceContext`]: they pass batches to [`Source::run`], which
 //! forwards them. So once `run` returns, nothing can reach the flow through this source.
 
+use crate::api::KEY_POLL;
+use crate::api::keys::{KeyFile, Scope};
 use crate::connectors::{BoxFuture, ConnectorError, Source, SourceContext, Stopped};
 use crate::exec::ack::{Ack, AckWaiter, Rejected};
 use crate::exec::batch::RawBatch;
@@ -69,6 +73,10 @@ pub struct HttpSource {
     local_addr: SocketAddr,
     path: String,
     max_body: u64,
+    /// Who may post (`api_keys`); `None`: anyone who can connect.
+    keys: Option<KeyFile>,
+    /// HTTPS (`tls_cert`, `tls_key`).
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl HttpSource {
@@ -79,10 +87,22 @@ impl HttpSource {
             return Err(ConnectorError(format!("option `path` must start with `/`, like `/{path}`")));
         }
         let max_body = options.size("max_body").unwrap_or(10 << 20);
+        // Read up front: a missing key file or certificate fails the flow before it listens.
+        let keys = match options.str("api_keys") {
+            Some(file) => Some(KeyFile::load(file).map_err(|e| ConnectorError(e.to_string()))?),
+            None => None,
+        };
+        let tls = match (options.str("tls_cert"), options.str("tls_key")) {
+            (Some(cert), Some(key)) => Some(
+                crate::tls::server_config(cert.as_ref(), key.as_ref()).map_err(|e| ConnectorError(e.to_string()))?,
+            ),
+            (None, None) => None,
+            _ => return Err(ConnectorError("options `tls_cert` and `tls_key` go together".into())),
+        };
         let listener = bind(address)?;
         let local_addr =
             listener.local_addr().map_err(|e| ConnectorError(format!("cannot listen on {address}: {e}")))?;
-        Ok(HttpSource { listener, local_addr, path, max_body })
+        Ok(HttpSource { listener, local_addr, path, max_body, keys, tls })
     }
 
     /// The address the source listens on (the real port when `address` asks for port 0).
@@ -115,6 +135,7 @@ struct Ingest {
     path: String,
     max_body: u64,
     batch_size: usize,
+    keys: Option<KeyFile>,
     /// To [`Source::run`], which hands the batches to the flow.
     tx: mpsc::Sender<RawBatch>,
 }
@@ -122,22 +143,34 @@ struct Ingest {
 impl Source for HttpSource {
     fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), ConnectorError>> {
         Box::pin(async move {
-            let HttpSource { listener, local_addr, path, max_body } = *self;
+            let HttpSource { listener, local_addr, path, max_body, keys, tls } = *self;
             let listener = tokio::net::TcpListener::from_std(listener)
                 .map_err(|e| ConnectorError(format!("cannot listen on {local_addr}: {e}")))?;
+            // Dropped (so no longer polling the key file) when the source ends.
+            let _watching = keys.clone().map(|k| AbortOnDrop(tokio::spawn(k.watch(KEY_POLL))));
             let (tx, mut rx) = mpsc::channel::<RawBatch>(1);
-            let ingest = Arc::new(Ingest { path: path.clone(), max_body, batch_size: ctx.batch_size, tx });
+            let ingest = Arc::new(Ingest { path: path.clone(), max_body, batch_size: ctx.batch_size, keys, tx });
             let app = Router::new()
                 .fallback(handle)
                 .layer(DefaultBodyLimit::max(usize::try_from(max_body).unwrap_or(usize::MAX)))
-                .with_state(ingest);
+                .with_state(ingest)
+                .into_make_service_with_connect_info::<SocketAddr>();
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
-            let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async move {
-                    let _ = stop_rx.await;
-                });
-            let server = tokio::spawn(server.into_future());
-            info!(source = %ctx.name, "listening on http://{local_addr}{path}");
+            let stopped = async move {
+                let _ = stop_rx.await;
+            };
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let server = match tls {
+                Some(tls) => {
+                    let listener = crate::tls::TlsListener::new(listener, tls)
+                        .map_err(|e| ConnectorError(format!("cannot listen on {local_addr}: {e}")))?;
+                    // `tap_io` only so axum hands the client's address to `ConnectInfo`.
+                    let listener = axum::serve::ListenerExt::tap_io(listener, |_| ());
+                    tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped).into_future())
+                }
+                None => tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped).into_future()),
+            };
+            info!(source = %ctx.name, "listening on {scheme}://{local_addr}{path}");
             ctx.set_connected();
 
             // Forward batches until every handler is gone: the server drops its last one when
@@ -207,6 +240,9 @@ async fn handle(
             if status == StatusCode::METHOD_NOT_ALLOWED {
                 r.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("POST"));
             }
+            if status == StatusCode::UNAUTHORIZED {
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            }
             r
         }
     }
@@ -215,6 +251,9 @@ async fn handle(
 type Refusal = (StatusCode, String);
 
 async fn ingest_request(ingest: &Ingest, remote: SocketAddr, req: Request) -> Result<Response, Refusal> {
+    if let Some(keys) = &ingest.keys {
+        authorize(keys, req.headers())?;
+    }
     if req.uri().path() != ingest.path {
         return Err((
             StatusCode::NOT_FOUND,
@@ -277,6 +316,26 @@ async fn ingest_request(ingest: &Ingest, remote: SocketAddr, req: Request) -> Re
         "errors": errors,
     });
     Ok((StatusCode::OK, Json(answer)).into_response())
+}
+
+/// `Authorization: Bearer KEY` with a write key of `keys`, compared as the API compares them.
+fn authorize(keys: &KeyFile, headers: &HeaderMap) -> Result<(), Refusal> {
+    let presented = headers.get(header::AUTHORIZATION).and_then(|v| crate::api::bearer(v.as_bytes()));
+    match presented.filter(|p| !p.is_empty()).map(|p| keys.scope(p)) {
+        None => Err((StatusCode::UNAUTHORIZED, "an API key is needed: `Authorization: Bearer KEY`".into())),
+        Some(None) => Err((StatusCode::UNAUTHORIZED, "the API key is not valid".into())),
+        Some(Some(Scope::Read)) => Err((StatusCode::FORBIDDEN, "posting events needs a write key".into())),
+        Some(Some(Scope::Write)) => Ok(()),
+    }
+}
+
+/// Aborts the task when dropped, so the key file watcher ends with the source.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn is_ndjson(headers: &HeaderMap) -> bool {
@@ -681,6 +740,48 @@ mod tests {
         assert!(err.to_string().starts_with("cannot listen on 127.0.0.1: "), "{err}");
         let err = HttpSource::new(&options(&[("path", OptionValue::String("events".into()))])).unwrap_err();
         assert!(err.to_string().contains("must start with `/`"), "{err}");
+    }
+
+    #[test]
+    fn key_and_certificate_files_are_read_up_front() {
+        let s = |v: &str| OptionValue::String(v.into());
+        let err = HttpSource::new(&options(&[("api_keys", s("/nonexistent/keys"))])).unwrap_err();
+        assert!(err.to_string().starts_with("cannot read the API key file /nonexistent/keys"), "{err}");
+        let err = HttpSource::new(&options(&[("tls_cert", s("/nonexistent/cert.pem"))])).unwrap_err();
+        assert!(err.to_string().contains("go together"), "{err}");
+        let both = [("tls_cert", s("/nonexistent/cert.pem")), ("tls_key", s("/nonexistent/key.pem"))];
+        let err = HttpSource::new(&options(&both)).unwrap_err();
+        assert!(err.to_string().starts_with("cannot read the TLS certificate /nonexistent/cert.pem"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn api_keys_guard_every_request() {
+        let dir = std::env::temp_dir().join(format!("phoenix-http-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let keys = dir.join("keys");
+        std::fs::write(&keys, "w-1 write\nr-1 read\n").unwrap();
+        let (r, rx) = start(&[("api_keys", OptionValue::String(keys.display().to_string()))]);
+        let mut seen = consume(rx, None);
+        let with = |key: &str| {
+            let raw = format!(
+                "POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {key}\r\n\
+                 Content-Length: 7\r\n\r\n{{\"a\":1}}"
+            );
+            within(exchange(r.addr, raw.into_bytes()))
+        };
+        let (status, head, _) = within(request(r.addr, "POST", "/", None, b"{\"a\":1}")).await;
+        assert_eq!(status, 401);
+        assert!(head.to_ascii_lowercase().contains("www-authenticate: bearer"), "{head}");
+        assert_eq!(with("w-2").await.0, 401);
+        assert_eq!(with("r-1").await.0, 403);
+        // Refused before the path is looked at: nothing about the source shows without a key.
+        let (status, _, _) = within(request(r.addr, "GET", "/elsewhere", None, b"")).await;
+        assert_eq!(status, 401);
+        let (status, _, body) = with("w-1").await;
+        assert_eq!((status, body.as_str()), (200, r#"{"accepted":1,"rejected":0,"errors":[]}"#));
+        assert_eq!(seen.recv().await.unwrap().payloads, [r#"{"a":1}"#]);
+        stop(r).await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
