@@ -21,6 +21,7 @@ SQS. Nothing here shares code with Phoenix, so a test that writes with Phoenix a
   clients.py s3-list ENDPOINT BUCKET [PREFIX]                    (JSON lines: key, size, etag, content_encoding)
   clients.py s3-get ENDPOINT BUCKET KEY                          (the object's bytes, gunzipped if its
                                       Content-Encoding is gzip)
+  clients.py s3-cat ENDPOINT BUCKET [PREFIX]                     (JSON lines: key, body (gunzipped) of every object)
   clients.py s3-download ENDPOINT BUCKET PREFIX                  (lists and downloads every object, 4 at
                                       once; JSON: objects, lines, bytes, seconds)
 
@@ -216,6 +217,21 @@ def s3_get(endpoint, bucket, key):
     sys.stdout.buffer.write(data)
 
 
+def s3_cat(endpoint, bucket, prefix=""):
+    # One process for a whole bucket: a test polling an archive of many objects would otherwise
+    # start Python (and boto3) once per object.
+    import gzip
+
+    client = s3(endpoint)
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for o in page.get("Contents", []):
+            r = client.get_object(Bucket=bucket, Key=o["Key"])
+            data = r["Body"].read()
+            if r.get("ContentEncoding") == "gzip":
+                data = gzip.decompress(data)
+            print(json.dumps({"key": o["Key"], "body": data.decode("utf-8", "replace")}))
+
+
 def s3_download(endpoint, bucket, prefix):
     # What `phoenix bench --source s3` times as its plain download, in boto3: list, then read
     # every object to its end, 4 at once (the `s3` source's default concurrency).
@@ -251,6 +267,7 @@ COMMANDS = {
     "s3-big-array": s3_big_array,
     "s3-list": s3_list,
     "s3-get": s3_get,
+    "s3-cat": s3_cat,
     "s3-download": s3_download,
 }
 
