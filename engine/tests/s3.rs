@@ -444,3 +444,107 @@ whole.errors | dead
     all.sort();
     assert_eq!(all, sorted, "every event exactly once in the multipart object");
 }
+
+/// S3 goes away while events are on their way to it, and comes back: the sink retries with
+/// growing delays, an HTTP request is answered only once its events are in the bucket, and the
+/// bucket then holds each of them exactly once; nothing is dead-lettered.
+#[test]
+fn the_sink_rides_out_an_s3_outage() {
+    let mut moto = Moto::start();
+    let dir = temp("s3-outage");
+    bucket(&moto, "archive", None);
+    let addr = format!("127.0.0.1:{}", support::free_port());
+    let f = dir.join("flow.phx");
+    std::fs::write(
+        &f,
+        format!(
+            r#"schema E {{ id: int }}
+source api = http {{ address = "{addr}", path = "/events" }} as E
+sink archive = s3 {{
+  bucket = "archive", endpoint = "{endpoint}", key = 'events/',
+  max_age = 200ms, max_attempts = 0, backoff_min = 100ms, backoff_max = 1s,
+}}
+sink dead = file {{ path = "{dead}" }}
+api | archive
+archive.errors | dead
+"#,
+            endpoint = moto.endpoint(),
+            dead = dir.join("dead.jsonl").display(),
+        ),
+    )
+    .unwrap();
+    let child = run(&f);
+    until(&dir, "the http source listening", Duration::from_secs(60), || std::net::TcpStream::connect(&addr).is_ok());
+    let post = |ids: std::ops::Range<i64>| {
+        let body: String = ids.map(|i| format!("{{\"id\":{i}}}\n")).collect();
+        support::curl(&addr, "POST", "/events", Some("application/x-ndjson"), Some(body.as_bytes()))
+    };
+    let archived = |m: &Moto| -> Vec<i64> {
+        list(m, "archive", "events/")
+            .keys()
+            .flat_map(|k| {
+                get(m, "archive", k)
+                    .lines()
+                    .map(|l| serde_json::from_str::<Value>(l).unwrap()["id"].as_i64().unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    // Before the outage: written and answered as usual.
+    assert_eq!(post(0..100).0, 200);
+    let mut before = archived(&moto);
+    before.sort();
+    assert_eq!(before, (0..100).collect::<Vec<_>>());
+
+    // The outage: every connection refused. The request waits for its events to be written.
+    moto.kill();
+    let down = Instant::now();
+    let waiting = std::thread::scope(|s| {
+        let request = s.spawn(|| post(100..1100));
+        std::thread::sleep(Duration::from_secs(6));
+        assert!(!request.is_finished(), "answered while S3 was down");
+        // S3 is back (empty: moto keeps nothing across a restart), the bucket made again.
+        moto.restart();
+        bucket(&moto, "archive", None);
+        let (status, answer) = request.join().unwrap();
+        assert_eq!((status, answer.as_str()), (200, r#"{"accepted":1000,"rejected":0,"errors":[]}"#));
+        down.elapsed()
+    });
+    // Everything the outage held up, each exactly once; the objects of before went with the
+    // old server.
+    let mut after = archived(&moto);
+    after.sort();
+    assert_eq!(after, (100..1100).collect::<Vec<_>>(), "every event written once after the outage");
+    assert_eq!(post(1100..1110).0, 200, "and the sink goes on");
+    stop(child);
+    assert!(lines(&dir.join("dead.jsonl")).is_empty(), "nothing dead-lettered with max_attempts = 0");
+
+    // Retried with backoff: the delay announced before attempt n + 1 is `backoff_min` doubled
+    // n - 1 times, capped at `backoff_max`, plus up to as much again of jitter; so the outage
+    // took a handful of attempts, not a busy loop.
+    let log = std::fs::read_to_string(dir.join("phoenix.log")).unwrap();
+    let field = |l: &str, name: &str| -> Option<String> {
+        Some(l.split(&format!(" {name}=")).nth(1)?.split_whitespace().next()?.to_string())
+    };
+    let retries: Vec<(u32, Duration)> = log
+        .lines()
+        .filter(|l| l.contains("sink archive") && l.contains("retrying"))
+        .filter_map(|l| {
+            let attempt: u32 = field(l, "attempt")?.parse().ok()?;
+            let d = field(l, "retry_in")?;
+            let secs = match d.strip_suffix("ms") {
+                Some(ms) => ms.parse::<f64>().ok()? / 1000.0,
+                None => d.strip_suffix('s')?.parse::<f64>().ok()?,
+            };
+            Some((attempt, Duration::from_secs_f64(secs)))
+        })
+        .collect();
+    eprintln!("outage of {waiting:?}: {} retries {retries:?}", retries.len());
+    assert!(retries.len() >= 3, "retried during the outage: {retries:?}\n{log}");
+    assert!(retries.len() <= 30, "backoff, not a busy loop: {retries:?}");
+    assert!(retries.iter().any(|(attempt, _)| *attempt >= 3), "the same events tried again and again: {retries:?}");
+    for (attempt, delay) in &retries {
+        let base = Duration::from_millis(100 << (attempt - 1).min(4)).min(Duration::from_secs(1));
+        assert!(*delay >= base && *delay < base * 2, "attempt {attempt}: {delay:?} for a base of {base:?}");
+    }
+}
