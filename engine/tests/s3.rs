@@ -549,3 +549,68 @@ archive.errors | dead
         assert!(*delay >= base && *delay <= base * 2, "attempt {attempt}: {delay:?} for a base of {base:?}");
     }
 }
+
+/// An object the source's credentials may list but not read (an IAM policy denies GetObject
+/// on it, enforced by moto): dead-lettered whole with S3's answer and recorded, the others read;
+/// a second run reads nothing again and dead-letters nothing again.
+#[test]
+fn an_object_access_denied_is_dead_lettered_once_and_the_rest_read() {
+    // Setting up takes a handful of requests; the test spends what is left of the 100 before
+    // the flow starts (`auth-on`), so every request of the flow is checked.
+    let moto = Moto::start_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "100")]);
+    let dir = temp("s3-denied");
+    bucket(&moto, "bkt", None);
+    put(&moto, "bkt", "a.jsonl", ndjson(0..10).as_bytes(), None);
+    put(&moto, "bkt", "secret.jsonl", ndjson(100..110).as_bytes(), None);
+    put(&moto, "bkt", "b.json", array(10..20).as_bytes(), None);
+    let user: Value =
+        serde_json::from_str(py(&["s3-deny-user", &moto.endpoint(), "bkt", "secret.jsonl"], None).trim()).unwrap();
+    let (id, secret) = (user["id"].as_str().unwrap().to_string(), user["secret"].as_str().unwrap().to_string());
+    py(&["auth-on", &moto.endpoint()], None);
+    let creds = [("AWS_ACCESS_KEY_ID", id.as_str()), ("AWS_SECRET_ACCESS_KEY", secret.as_str())];
+    let as_user = |args: &[&str]| -> String {
+        let env: Vec<(&str, &str)> = AWS_ENV.iter().copied().chain(creds.iter().copied()).collect();
+        python_client(args, None, &env)
+    };
+    // Objects at the bucket's root and no `prefix`: once moto checks signatures, it refuses a
+    // ListObjectsV2 whose `prefix` holds a `/` as the AWS SDK for Rust signs it
+    // (SignatureDoesNotMatch, while the same listing from boto3 passes).
+    let f = flow(&dir, &moto, r#"glob = "*.json*", poll_interval = 0s,"#);
+    let run_as_user = || {
+        let out = wait(
+            phoenix_run(&f, &dir.join("phoenix.log"))
+                .envs(AWS_ENV.iter().copied())
+                .envs(creds.iter().copied())
+                .spawn()
+                .unwrap(),
+            Duration::from_secs(120),
+        );
+        let log = std::fs::read_to_string(dir.join("phoenix.log")).unwrap_or_default();
+        assert!(out.status.success(), "phoenix exited with {:?}; log:\n{log}", out.status);
+    };
+    run_as_user();
+
+    let got: BTreeSet<i64> = ids(&dir).into_iter().collect();
+    assert_eq!(got, (0..20).collect(), "the readable objects, and nothing of the denied one");
+    assert_eq!(ids(&dir).len(), 20, "each once");
+    let dead = json_lines(&dir.join("dead.jsonl"));
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    let error = dead[0]["error"].as_str().unwrap();
+    assert!(error.contains("`s3://bkt/secret.jsonl` cannot be read") && error.contains("AccessDenied"), "{error}");
+    let payload: Value = serde_json::from_str(dead[0]["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(payload["key"], "secret.jsonl", "{payload}");
+    // The denied object is recorded as unreadable, under the ETag S3 lists for it.
+    let cp: Value =
+        serde_json::from_str(&as_user(&["s3-get", &moto.endpoint(), "bkt", ".phoenix/input.checkpoint.json"])).unwrap();
+    let listed: BTreeMap<String, String> =
+        serde_json::from_str(&as_user(&["s3-etags", &moto.endpoint(), "bkt"])).unwrap();
+    assert_eq!(cp["unreadable"]["secret.jsonl"].as_str(), Some(listed["secret.jsonl"].as_str()), "{cp}");
+    for k in ["a.jsonl", "b.json"] {
+        assert_eq!(cp["done"][k].as_str(), Some(listed[k].as_str()), "{cp}");
+    }
+
+    // Nothing read again, nothing dead-lettered again.
+    run_as_user();
+    assert_eq!(ids(&dir).len(), 20, "nothing read twice");
+    assert_eq!(json_lines(&dir.join("dead.jsonl")).len(), 1, "the denied object is not dead-lettered again");
+}

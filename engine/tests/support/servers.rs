@@ -102,10 +102,18 @@ pub struct Moto {
 
 impl Moto {
     pub fn start() -> Moto {
+        Moto::start_with(&[])
+    }
+
+    /// A moto server with settings of its own in its environment
+    /// (`INITIAL_NO_AUTH_ACTION_COUNT`: check credentials and IAM policies after that many
+    /// requests).
+    pub fn start_with(env: &[(&str, &str)]) -> Moto {
         let bin = find("moto_server", "install it with `pip install 'moto[server]'`");
         let port = super::free_port();
         let mut child = Command::new(bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
