@@ -327,14 +327,14 @@ fn routes_of_the_commerce_example_by_event_type() {
         summary,
         [
             // Validation and routing are written once, after the merge of both paths.
-            row("commerce:141:3", bad_type, "conditional", &["rejected"]),
-            row("commerce:143:3", "else", "conditional", &[]),
-            row("commerce:155:3", "'order'", "exact", &["orders"]),
+            row("commerce:108:3", bad_type, "conditional", &["rejected"]),
+            row("commerce:110:3", "else", "conditional", &[]),
+            row("commerce:122:3", "'order'", "exact", &["orders"]),
         ]
     );
     let order = &arms[2];
     assert_eq!(order["key"], "type");
-    assert!(order["route"].as_str().is_some_and(|r| r.ends_with("commerce.phx:153:1")), "{order}");
+    assert!(order["route"].as_str().is_some_and(|r| r.ends_with("commerce.phx:120:1")), "{order}");
     // `topic` and `key` may be per-event expressions: shown as written.
     assert_eq!(
         order["sinks"][0],

@@ -444,3 +444,173 @@ whole.errors | dead
     all.sort();
     assert_eq!(all, sorted, "every event exactly once in the multipart object");
 }
+
+/// S3 goes away while events are on their way to it, and comes back: the sink retries with
+/// growing delays, an HTTP request is answered only once its events are in the bucket, and the
+/// bucket then holds each of them exactly once; nothing is dead-lettered.
+#[test]
+fn the_sink_rides_out_an_s3_outage() {
+    let mut moto = Moto::start();
+    let dir = temp("s3-outage");
+    bucket(&moto, "archive", None);
+    let addr = format!("127.0.0.1:{}", support::free_port());
+    let f = dir.join("flow.phx");
+    std::fs::write(
+        &f,
+        format!(
+            r#"schema E {{ id: int }}
+source api = http {{ address = "{addr}", path = "/events" }} as E
+sink archive = s3 {{
+  bucket = "archive", endpoint = "{endpoint}", key = 'events/',
+  max_age = 200ms, max_attempts = 0, backoff_min = 100ms, backoff_max = 1s,
+}}
+sink dead = file {{ path = "{dead}" }}
+api | archive
+archive.errors | dead
+"#,
+            endpoint = moto.endpoint(),
+            dead = dir.join("dead.jsonl").display(),
+        ),
+    )
+    .unwrap();
+    let child = run(&f);
+    until(&dir, "the http source listening", Duration::from_secs(60), || std::net::TcpStream::connect(&addr).is_ok());
+    let post = |ids: std::ops::Range<i64>| {
+        let body: String = ids.map(|i| format!("{{\"id\":{i}}}\n")).collect();
+        support::curl(&addr, "POST", "/events", Some("application/x-ndjson"), Some(body.as_bytes()))
+    };
+    let archived = |m: &Moto| -> Vec<i64> {
+        list(m, "archive", "events/")
+            .keys()
+            .flat_map(|k| {
+                get(m, "archive", k)
+                    .lines()
+                    .map(|l| serde_json::from_str::<Value>(l).unwrap()["id"].as_i64().unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    // Before the outage: written and answered as usual.
+    assert_eq!(post(0..100).0, 200);
+    let mut before = archived(&moto);
+    before.sort();
+    assert_eq!(before, (0..100).collect::<Vec<_>>());
+
+    // The outage: every connection refused. The request waits for its events to be written.
+    moto.kill();
+    let down = Instant::now();
+    let waiting = std::thread::scope(|s| {
+        let request = s.spawn(|| post(100..1100));
+        std::thread::sleep(Duration::from_secs(6));
+        assert!(!request.is_finished(), "answered while S3 was down");
+        // S3 is back (empty: moto keeps nothing across a restart), the bucket made again.
+        moto.restart();
+        bucket(&moto, "archive", None);
+        let (status, answer) = request.join().unwrap();
+        assert_eq!((status, answer.as_str()), (200, r#"{"accepted":1000,"rejected":0,"errors":[]}"#));
+        down.elapsed()
+    });
+    // Everything the outage held up, each exactly once; the objects of before went with the
+    // old server.
+    let mut after = archived(&moto);
+    after.sort();
+    assert_eq!(after, (100..1100).collect::<Vec<_>>(), "every event written once after the outage");
+    assert_eq!(post(1100..1110).0, 200, "and the sink goes on");
+    stop(child);
+    assert!(lines(&dir.join("dead.jsonl")).is_empty(), "nothing dead-lettered with max_attempts = 0");
+
+    // Retried with backoff: the delay announced after attempt n is `backoff_min` doubled n - 1
+    // times, capped at `backoff_max`, plus up to as much again of jitter (the jitter comes on
+    // top of the cap: a delay may reach twice `backoff_max`); so the outage took a handful of
+    // attempts, not a busy loop.
+    let log = std::fs::read_to_string(dir.join("phoenix.log")).unwrap();
+    let field = |l: &str, name: &str| -> Option<String> {
+        Some(l.split(&format!(" {name}=")).nth(1)?.split_whitespace().next()?.to_string())
+    };
+    let retries: Vec<(u32, Duration)> = log
+        .lines()
+        .filter(|l| l.contains("sink archive") && l.contains("retrying"))
+        .filter_map(|l| {
+            let attempt: u32 = field(l, "attempt")?.parse().ok()?;
+            let d = field(l, "retry_in")?;
+            let secs = match d.strip_suffix("ms") {
+                Some(ms) => ms.parse::<f64>().ok()? / 1000.0,
+                None => d.strip_suffix('s')?.parse::<f64>().ok()?,
+            };
+            Some((attempt, Duration::from_secs_f64(secs)))
+        })
+        .collect();
+    eprintln!("outage of {waiting:?}: {} retries {retries:?}", retries.len());
+    assert!(retries.len() >= 3, "retried during the outage: {retries:?}\n{log}");
+    assert!(retries.len() <= 30, "backoff, not a busy loop: {retries:?}");
+    assert!(retries.iter().any(|(attempt, _)| *attempt >= 3), "the same events tried again and again: {retries:?}");
+    for (attempt, delay) in &retries {
+        let base = Duration::from_millis(100 << (attempt - 1).min(4)).min(Duration::from_secs(1));
+        assert!(*delay >= base && *delay <= base * 2, "attempt {attempt}: {delay:?} for a base of {base:?}");
+    }
+}
+
+/// An object the source's credentials may list but not read (an IAM policy denies GetObject
+/// on it, enforced by moto): dead-lettered whole with S3's answer and recorded, the others read;
+/// a second run reads nothing again and dead-letters nothing again.
+#[test]
+fn an_object_access_denied_is_dead_lettered_once_and_the_rest_read() {
+    // Setting up takes a handful of requests; the test spends what is left of the 100 before
+    // the flow starts (`auth-on`), so every request of the flow is checked.
+    let moto = Moto::start_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "100")]);
+    let dir = temp("s3-denied");
+    bucket(&moto, "bkt", None);
+    put(&moto, "bkt", "a.jsonl", ndjson(0..10).as_bytes(), None);
+    put(&moto, "bkt", "secret.jsonl", ndjson(100..110).as_bytes(), None);
+    put(&moto, "bkt", "b.json", array(10..20).as_bytes(), None);
+    let user: Value =
+        serde_json::from_str(py(&["s3-deny-user", &moto.endpoint(), "bkt", "secret.jsonl"], None).trim()).unwrap();
+    let (id, secret) = (user["id"].as_str().unwrap().to_string(), user["secret"].as_str().unwrap().to_string());
+    py(&["auth-on", &moto.endpoint()], None);
+    let creds = [("AWS_ACCESS_KEY_ID", id.as_str()), ("AWS_SECRET_ACCESS_KEY", secret.as_str())];
+    let as_user = |args: &[&str]| -> String {
+        let env: Vec<(&str, &str)> = AWS_ENV.iter().copied().chain(creds.iter().copied()).collect();
+        python_client(args, None, &env)
+    };
+    // Objects at the bucket's root and no `prefix`: once moto checks signatures, it refuses a
+    // ListObjectsV2 whose `prefix` holds a `/` as the AWS SDK for Rust signs it
+    // (SignatureDoesNotMatch, while the same listing from boto3 passes).
+    let f = flow(&dir, &moto, r#"glob = "*.json*", poll_interval = 0s,"#);
+    let run_as_user = || {
+        let out = wait(
+            phoenix_run(&f, &dir.join("phoenix.log"))
+                .envs(AWS_ENV.iter().copied())
+                .envs(creds.iter().copied())
+                .spawn()
+                .unwrap(),
+            Duration::from_secs(120),
+        );
+        let log = std::fs::read_to_string(dir.join("phoenix.log")).unwrap_or_default();
+        assert!(out.status.success(), "phoenix exited with {:?}; log:\n{log}", out.status);
+    };
+    run_as_user();
+
+    let got: BTreeSet<i64> = ids(&dir).into_iter().collect();
+    assert_eq!(got, (0..20).collect(), "the readable objects, and nothing of the denied one");
+    assert_eq!(ids(&dir).len(), 20, "each once");
+    let dead = json_lines(&dir.join("dead.jsonl"));
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    let error = dead[0]["error"].as_str().unwrap();
+    assert!(error.contains("`s3://bkt/secret.jsonl` cannot be read") && error.contains("AccessDenied"), "{error}");
+    let payload: Value = serde_json::from_str(dead[0]["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(payload["key"], "secret.jsonl", "{payload}");
+    // The denied object is recorded as unreadable, under the ETag S3 lists for it.
+    let cp: Value =
+        serde_json::from_str(&as_user(&["s3-get", &moto.endpoint(), "bkt", ".phoenix/input.checkpoint.json"])).unwrap();
+    let listed: BTreeMap<String, String> =
+        serde_json::from_str(&as_user(&["s3-etags", &moto.endpoint(), "bkt"])).unwrap();
+    assert_eq!(cp["unreadable"]["secret.jsonl"].as_str(), Some(listed["secret.jsonl"].as_str()), "{cp}");
+    for k in ["a.jsonl", "b.json"] {
+        assert_eq!(cp["done"][k].as_str(), Some(listed[k].as_str()), "{cp}");
+    }
+
+    // Nothing read again, nothing dead-lettered again.
+    run_as_user();
+    assert_eq!(ids(&dir).len(), 20, "nothing read twice");
+    assert_eq!(json_lines(&dir.join("dead.jsonl")).len(), 1, "the denied object is not dead-lettered again");
+}

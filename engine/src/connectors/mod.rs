@@ -342,7 +342,12 @@ pub(crate) fn sink_options() -> Vec<OptionSpec> {
         .default("10"),
         OptionSpec::new("backoff_min", OptionType::Duration, "First retry delay; doubles each attempt, with jitter.")
             .default("100ms"),
-        OptionSpec::new("backoff_max", OptionType::Duration, "Longest retry delay.").default("30s"),
+        OptionSpec::new(
+            "backoff_max",
+            OptionType::Duration,
+            "Longest retry delay before jitter: the jitter adds up to as much again, so a delay may reach twice this.",
+        )
+        .default("30s"),
     ]
 }
 

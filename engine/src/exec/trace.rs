@@ -65,7 +65,7 @@ pub struct ArmTaken {
 #[derive(Debug, Clone, Serialize)]
 pub struct SourceTrace {
     pub name: String,
-    /// `source api (http) at flows/commerce.phx:62:1`.
+    /// `source api (http) at flows/commerce.phx:28:1`.
     pub source: String,
     pub decoded: bool,
     /// Why it did not decode (the validator's reason).

@@ -19,8 +19,14 @@ SQS. Nothing here shares code with Phoenix, so a test that writes with Phoenix a
   clients.py s3-big-array ENDPOINT BUCKET KEY COUNT PAD          (a JSON array of COUNT events, generated and
                                       uploaded in parts as it is made; prints its size)
   clients.py s3-list ENDPOINT BUCKET [PREFIX]                    (JSON lines: key, size, etag, content_encoding)
+  clients.py s3-etags ENDPOINT BUCKET                            (JSON object: key -> ETag, from the listing alone)
   clients.py s3-get ENDPOINT BUCKET KEY                          (the object's bytes, gunzipped if its
                                       Content-Encoding is gzip)
+  clients.py s3-cat ENDPOINT BUCKET [PREFIX]                     (JSON lines: key, body (gunzipped) of every object)
+  clients.py s3-deny-user ENDPOINT BUCKET KEY                    (an IAM user allowed everything on BUCKET but
+                                      GetObject of KEY; prints its access key as JSON: id, secret)
+  clients.py auth-on ENDPOINT                                    (moto with INITIAL_NO_AUTH_ACTION_COUNT: spends
+                                      the requests left unchecked until one is refused; prints how many)
   clients.py s3-download ENDPOINT BUCKET PREFIX                  (lists and downloads every object, 4 at
                                       once; JSON: objects, lines, bytes, seconds)
 
@@ -206,6 +212,14 @@ def s3_list(endpoint, bucket, prefix=""):
                               "content_encoding": head.get("ContentEncoding")}))
 
 
+def s3_etags(endpoint, bucket):
+    # No HeadObject per key (unlike s3-list): credentials that may not read an object may list it.
+    client = s3(endpoint)
+    print(json.dumps({o["Key"]: o["ETag"].strip('"')
+                      for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+                      for o in page.get("Contents", [])}))
+
+
 def s3_get(endpoint, bucket, key):
     import gzip
 
@@ -214,6 +228,52 @@ def s3_get(endpoint, bucket, key):
     if r.get("ContentEncoding") == "gzip":
         data = gzip.decompress(data)
     sys.stdout.buffer.write(data)
+
+
+def s3_cat(endpoint, bucket, prefix=""):
+    # One process for a whole bucket: a test polling an archive of many objects would otherwise
+    # start Python (and boto3) once per object.
+    import gzip
+
+    client = s3(endpoint)
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for o in page.get("Contents", []):
+            r = client.get_object(Bucket=bucket, Key=o["Key"])
+            data = r["Body"].read()
+            if r.get("ContentEncoding") == "gzip":
+                data = gzip.decompress(data)
+            print(json.dumps({"key": o["Key"], "body": data.decode("utf-8", "replace")}))
+
+
+def s3_deny_user(endpoint, bucket, key):
+    import boto3
+
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1")
+    iam.create_user(UserName="phoenix-reader")
+    iam.put_user_policy(UserName="phoenix-reader", PolicyName="all-but-one", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "s3:*", "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]},
+            {"Effect": "Deny", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{bucket}/{key}"},
+        ]}))
+    k = iam.create_access_key(UserName="phoenix-reader")["AccessKey"]
+    print(json.dumps({"id": k["AccessKeyId"], "secret": k["SecretAccessKey"]}))
+
+
+def auth_on(endpoint):
+    import boto3
+    from botocore.config import Config
+
+    # Unknown credentials: refused as soon as moto checks requests at all.
+    nobody = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="nobody",
+                          aws_secret_access_key="nobody", config=Config(s3={"addressing_style": "path"}))
+    for spent in range(1000):
+        try:
+            nobody.list_buckets()
+        except Exception:
+            print(spent)
+            return
+    sys.exit("moto never started checking requests: is INITIAL_NO_AUTH_ACTION_COUNT set?")
 
 
 def s3_download(endpoint, bucket, prefix):
@@ -250,7 +310,11 @@ COMMANDS = {
     "s3-put": s3_put,
     "s3-big-array": s3_big_array,
     "s3-list": s3_list,
+    "s3-etags": s3_etags,
     "s3-get": s3_get,
+    "s3-cat": s3_cat,
+    "s3-deny-user": s3_deny_user,
+    "auth-on": auth_on,
     "s3-download": s3_download,
 }
 

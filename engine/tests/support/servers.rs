@@ -102,10 +102,18 @@ pub struct Moto {
 
 impl Moto {
     pub fn start() -> Moto {
+        Moto::start_with(&[])
+    }
+
+    /// A moto server with settings of its own in its environment
+    /// (`INITIAL_NO_AUTH_ACTION_COUNT`: check credentials and IAM policies after that many
+    /// requests).
+    pub fn start_with(env: &[(&str, &str)]) -> Moto {
         let bin = find("moto_server", "install it with `pip install 'moto[server]'`");
         let port = super::free_port();
         let mut child = Command::new(bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -116,6 +124,25 @@ impl Moto {
 
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Kill the server (SIGKILL): connections are refused, and everything it held is gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start a new, empty server on the same port (after [`Moto::kill`]), as a restarted
+    /// in-memory S3 comes back: its clients need no new address.
+    pub fn restart(&mut self) {
+        let bin = find("moto_server", "install it with `pip install 'moto[server]'`");
+        self.child = Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("restart moto_server");
+        wait_for_port(self.port, &mut self.child, "moto_server");
     }
 
     /// Freeze the server (SIGSTOP), keeping its queues.
@@ -130,7 +157,10 @@ impl Moto {
 
 impl Drop for Moto {
     fn drop(&mut self) {
-        send_signal(self.child.id(), "-CONT");
+        // After `kill` there is no process to wake (its pid may be another's by now).
+        if matches!(self.child.try_wait(), Ok(None)) {
+            send_signal(self.child.id(), "-CONT");
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

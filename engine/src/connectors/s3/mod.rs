@@ -75,7 +75,7 @@ pub fn source_spec() -> ConnectorSpec {
                     OptionSpec::new(
                         "on_done",
                         OptionType::Enum(&["checkpoint", "delete", "move"]),
-                        "What happens to an object once every event of it is delivered (written or dead-lettered): `checkpoint` records its key and ETag in `checkpoint_key`; `delete`; `move` it under `move_to`. A restart never reads a finished object again.",
+                        "What happens to an object once every event of it is delivered (written or dead-lettered): `checkpoint` records its key and ETag in `checkpoint_key`; `delete`; `move` it under `move_to`. A restart never reads a finished object again. An object that is not JSON at all (or not valid gzip) is dead-lettered whole and left in place; only `checkpoint` remembers it, so with `delete` or `move` a restart dead-letters it again.",
                     )
                     .default("checkpoint"),
                     OptionSpec::new(
@@ -108,7 +108,7 @@ pub fn source_spec() -> ConnectorSpec {
             source_metadata(),
             vec![
                 MetaSpec { name: "bucket", ty: Ty::String, optional: false, doc: "Bucket of the object." },
-                MetaSpec { name: "key", ty: Ty::String, optional: false, doc: "Key of the object the event came from." },
+                MetaSpec { name: "key", ty: Ty::String, optional: false, doc: "Key of the object the event came from (a file's name can say what its records are: `examples/commerce-ingest.phx`)." },
                 MetaSpec {
                     name: "object_size",
                     ty: Ty::Int,
