@@ -647,7 +647,12 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
                 Some(address) => {
                     let keys = match &api_keys {
                         Some(path) => {
-                            let keys = crate::api::keys::KeyFile::load(path)?;
+                            // The keys come from a Secret, which may be created after the
+                            // controller starts; until then every call is refused.
+                            let keys = crate::api::keys::KeyFile::load_when_present(path)?;
+                            if !path.exists() {
+                                tracing::warn!(path = %path.display(), "no API key file yet: every /api/v1 call is refused until it appears");
+                            }
                             // The watch needs the runtime; it lives as long as the process.
                             rt.spawn(keys.clone().watch(crate::api::KEY_POLL));
                             keys

@@ -103,6 +103,19 @@ impl KeyFile {
         Ok(KeyFile { path, keys: Arc::new(RwLock::new(keys)), loaded })
     }
 
+    /// [`KeyFile::load`], except that a file not there yet means no keys (every call refused)
+    /// until [`KeyFile::watch`] sees it appear: a Kubernetes Secret mounted as optional, created
+    /// after the controller.
+    pub fn load_when_present(path: impl Into<PathBuf>) -> Result<KeyFile, KeyError> {
+        let path = path.into();
+        match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(KeyFile { path, keys: Arc::default(), loaded: None })
+            }
+            _ => KeyFile::load(path),
+        }
+    }
+
     /// No key at all: every call is refused (the API without `--api-keys`).
     pub fn none() -> KeyFile {
         KeyFile { path: PathBuf::new(), keys: Arc::default(), loaded: None }
