@@ -70,7 +70,12 @@ pub trait FlowBackend: std::fmt::Debug + Send + Sync + 'static {
 
     /// Check `text` with the compiler, then store it as `name` (and run it, however this
     /// backend runs flows) when the stored version matches `if_match` (an `If-Match` value).
-    fn put<'a>(&'a self, name: &'a str, text: String, if_match: Option<&'a str>) -> BoxFuture<'a, Result<Put, PutError>>;
+    fn put<'a>(
+        &'a self,
+        name: &'a str,
+        text: String,
+        if_match: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Put, PutError>>;
 
     /// Stop and forget `name` when it matches `if_match`; `false` if there was no such flow.
     fn remove<'a>(&'a self, name: &'a str, if_match: Option<&'a str>) -> BoxFuture<'a, Result<bool, ChangeError>>;
@@ -126,7 +131,12 @@ impl FlowBackend for Flows {
         Box::pin(async move { Ok(self.store().get(name)?.map(|text| self.stored(name.to_string(), text))) })
     }
 
-    fn put<'a>(&'a self, name: &'a str, text: String, if_match: Option<&'a str>) -> BoxFuture<'a, Result<Put, PutError>> {
+    fn put<'a>(
+        &'a self,
+        name: &'a str,
+        text: String,
+        if_match: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Put, PutError>> {
         Box::pin(async move {
             let compiled = self.compile(name, &text).map_err(PutError::Invalid)?;
             let warnings = compiled.warnings.clone();

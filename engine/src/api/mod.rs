@@ -25,8 +25,8 @@ mod openapi;
 pub mod routes;
 pub mod store;
 
-use crate::api::events::EventStore;
 use crate::api::backend::{FlowBackend, PutError, Stored};
+use crate::api::events::EventStore;
 use crate::api::flows::{ApiDiagnostic, ChangeError, Flows};
 use crate::api::keys::{KeyFile, Scope};
 use crate::api::store::{FlowStore, StoreError, check_name};

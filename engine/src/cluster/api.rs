@@ -219,7 +219,12 @@ impl FlowBackend for ClusterFlows {
         Box::pin(async move { Ok(self.api().get_opt(name).await.map_err(cluster)?.map(|f| self.stored(&f))) })
     }
 
-    fn put<'a>(&'a self, name: &'a str, text: String, if_match: Option<&'a str>) -> BoxFuture<'a, Result<Put, PutError>> {
+    fn put<'a>(
+        &'a self,
+        name: &'a str,
+        text: String,
+        if_match: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Put, PutError>> {
         Box::pin(self.put_flow(name, text, if_match))
     }
 
