@@ -33,6 +33,20 @@ struct Controller {
     _guard: Guard,
     api: String,
     log: PathBuf,
+    /// Every answer: `{method, template, status, body}`, checked against docs/openapi.yaml.
+    answers: std::cell::RefCell<Vec<Value>>,
+}
+
+/// The OpenAPI path template of a request path.
+fn template(path: &str) -> String {
+    let path = path.split('?').next().unwrap_or(path);
+    let parts: Vec<&str> = path.split('/').collect();
+    match parts.as_slice() {
+        ["", "api", "v1", "flows", _] => "/api/v1/flows/{name}".into(),
+        ["", "api", "v1", "events", _] => "/api/v1/events/{id}".into(),
+        ["", "api", "v1", "events", _, "validate"] => "/api/v1/events/{id}/validate".into(),
+        _ => path.to_string(),
+    }
 }
 
 impl Controller {
@@ -53,7 +67,12 @@ impl Controller {
             .stderr(file)
             .spawn()
             .expect("spawn phoenix controller");
-        let c = Controller { _guard: Guard::new(child), api: format!("127.0.0.1:{api}"), log };
+        let c = Controller {
+            _guard: Guard::new(child),
+            api: format!("127.0.0.1:{api}"),
+            log,
+            answers: std::cell::RefCell::new(Vec::new()),
+        };
         let start = Instant::now();
         while std::net::TcpStream::connect(&c.api).is_err() {
             assert!(start.elapsed() < LIMIT, "the controller's API never listened:\n{}", c.log());
@@ -77,6 +96,8 @@ impl Controller {
             serde_json::from_str(&text)
                 .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}\n{}", self.log()))
         };
+        let answer = serde_json::json!({"method": method, "template": template(path), "status": status, "body": v});
+        self.answers.borrow_mut().push(answer);
         (status, v)
     }
 
@@ -86,6 +107,44 @@ impl Controller {
 
     fn put(&self, name: &str, headers: &[&str], text: &str) -> (u16, Value) {
         self.call(Some(WRITE_KEY), "PUT", &format!("/api/v1/flows/{name}"), headers, Some(text))
+    }
+
+    /// Every answer so far against the schema docs/openapi.yaml gives for its route and status
+    /// (Python `jsonschema`, as engine/tests/api.rs checks `phoenix serve`'s); 401 and 403 are
+    /// the document's global `security`. The number of answers checked against a schema.
+    fn check_openapi(&self, dir: &Path) -> usize {
+        let file = dir.join("answers.json");
+        std::fs::write(&file, serde_json::to_vec(&*self.answers.borrow()).expect("json")).expect("write");
+        let script = r#"
+import json, os, yaml, jsonschema
+doc = yaml.safe_load(open(os.environ["DOC"]))
+n = 0
+for a in json.load(open(os.environ["ANSWERS"])):
+    op = doc["paths"][a["template"]][a["method"].lower()]
+    resp = op["responses"].get(str(a["status"]))
+    if resp is None:
+        assert a["status"] in (401, 403), ("undocumented status", a)
+        continue
+    if "$ref" in resp:
+        resp = doc["components"]["responses"][resp["$ref"].split("/")[-1]]
+    if "content" in resp:
+        schema = dict(resp["content"]["application/json"]["schema"])
+        schema["components"] = doc["components"]
+        jsonschema.Draft202012Validator(schema).validate(a["body"])
+    else:
+        assert a["body"] is None, a
+    n += 1
+print(n)
+"#;
+        let out = std::process::Command::new("python3")
+            .args(["-c", script])
+            .env("DOC", repo().join("docs/openapi.yaml"))
+            .env("ANSWERS", &file)
+            .output()
+            .expect("python3");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+        said.trim().parse().expect("a count")
     }
 
     fn until(&self, what: &str, mut f: impl FnMut() -> bool) {
@@ -262,4 +321,7 @@ fn the_controller_serves_the_api_over_phoenixflows() {
     let names: Vec<&str> = list["flows"].as_array().expect("flows").iter().filter_map(|f| f["name"].as_str()).collect();
     assert_eq!(names, ["broken", "commerce"]);
     eprintln!("[{:>5.1?}] deleted", started.elapsed());
+
+    let checked = c.check_openapi(&dir);
+    assert!(checked >= 25, "only {checked} answers were checked against docs/openapi.yaml");
 }
