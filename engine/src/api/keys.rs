@@ -210,4 +210,28 @@ mod tests {
         assert_eq!(KeyFile::none().scope(b""), None);
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// An optional Secret mounted before it exists: no keys, then its keys once it appears.
+    #[tokio::test]
+    async fn a_key_file_that_appears_later_is_read() {
+        let dir = std::env::temp_dir().join(format!("phoenix-keys-later-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("keys");
+        assert!(KeyFile::load(&path).is_err(), "`load` needs the file");
+        let keys = KeyFile::load_when_present(&path).expect("absent is allowed");
+        assert_eq!(keys.scope(b"later"), None);
+        let watcher = tokio::spawn(keys.clone().watch(Duration::from_millis(20)));
+        std::fs::write(&path, "later write\n").expect("write");
+        let appeared = async {
+            while keys.scope(b"later").is_none() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), appeared).await.expect("read once it appeared");
+        watcher.abort();
+        std::fs::write(&path, "broken\n").expect("write");
+        assert!(KeyFile::load_when_present(&path).is_err(), "a present file must parse");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
