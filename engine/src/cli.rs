@@ -282,6 +282,16 @@ enum Command {
         /// Reconcile without leader election (only ever one replica).
         #[arg(long)]
         no_leader_election: bool,
+        /// Serve the control-plane API (/api/v1, docs/api.md) over PhoenixFlows here.
+        #[arg(long, env = "PHOENIX_API_ADDRESS")]
+        api_address: Option<String>,
+        /// The API keys file (`KEY read|write` lines; re-read when it changes).
+        #[arg(long, env = "PHOENIX_API_KEYS")]
+        api_keys: Option<std::path::PathBuf>,
+        /// The namespace whose PhoenixFlows the API serves (default: `--namespace`, else
+        /// `default`).
+        #[arg(long, env = "PHOENIX_API_NAMESPACE")]
+        api_namespace: Option<String>,
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
         /// More logging (-v debug, -vv trace); `RUST_LOG` overrides.
@@ -625,10 +635,39 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
             identity,
             lease_seconds,
             no_leader_election,
+            api_address,
+            api_keys,
+            api_namespace,
             log_format,
             verbose,
         } => {
             logging::init(log_format, verbose);
+            let rt = runtime()?;
+            let api = match api_address {
+                Some(address) => {
+                    let keys = match &api_keys {
+                        Some(path) => {
+                            // The keys come from a Secret, which may be created after the
+                            // controller starts; until then every call is refused.
+                            let keys = crate::api::keys::KeyFile::load_when_present(path)?;
+                            if !path.exists() {
+                                tracing::warn!(path = %path.display(), "no API key file yet: every /api/v1 call is refused until it appears");
+                            }
+                            // The watch needs the runtime; it lives as long as the process.
+                            rt.spawn(keys.clone().watch(crate::api::KEY_POLL));
+                            keys
+                        }
+                        None => {
+                            tracing::warn!("no --api-keys: every /api/v1 call will be refused");
+                            crate::api::keys::KeyFile::none()
+                        }
+                    };
+                    let namespace =
+                        api_namespace.or_else(|| namespace.clone()).unwrap_or_else(|| "default".to_string());
+                    Some(crate::cluster::api::ApiOptions { address, namespace, keys })
+                }
+                None => None,
+            };
             let identity = identity.unwrap_or_else(|| {
                 let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
                 format!("{}-{}", host.trim(), std::process::id())
@@ -639,8 +678,9 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
                 address: (address != "off").then_some(address),
                 election: (!no_leader_election).then_some((lease_namespace, identity)),
                 lease_duration: std::time::Duration::from_secs(lease_seconds.max(3)),
+                api,
             };
-            runtime()?.block_on(crate::cluster::controller::serve(options, wait_for_signal()))?;
+            rt.block_on(crate::cluster::controller::serve(options, wait_for_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Functions => {

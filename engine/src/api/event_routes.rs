@@ -9,6 +9,16 @@ use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Json, Response};
 use serde_json::json;
 
+/// The definitions, or 501 where none are kept (`phoenix controller`).
+fn definitions(api: &Api) -> Result<&std::sync::Arc<events::EventStore>, Response> {
+    api.events.as_ref().ok_or_else(|| {
+        error(
+            StatusCode::NOT_IMPLEMENTED,
+            "event definitions are kept by `phoenix serve` (in its flow directory); this server keeps none",
+        )
+    })
+}
+
 fn event_error(e: EventError) -> Response {
     match e {
         EventError::BadName(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
@@ -37,6 +47,10 @@ fn described(d: &Definition) -> serde_json::Value {
 
 /// `POST /api/v1/events` with `{"name": "UserSignup", "schema": "schema UserSignup { ... }"}`.
 pub(super) async fn create(State(api): State<Api>, body: Result<Bytes, BytesRejection>) -> Response {
+    let store = match definitions(&api) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Body {
@@ -57,13 +71,13 @@ pub(super) async fn create(State(api): State<Api>, body: Result<Bytes, BytesReje
     if let Err(e) = check_event_name(&body.name) {
         return event_error(e);
     }
-    let file = api.events.current_file(&body.name);
+    let file = store.current_file(&body.name);
     let compiled = match events::compile(api.flows.catalog(), &file, &body.name, &body.schema) {
         Ok(c) => c,
         Err(Refused::Diagnostics(d)) => return invalid_text(&format!("the event definition `{}`", body.name), d),
         Err(Refused::NotADefinition(message)) => return error(StatusCode::BAD_REQUEST, message),
     };
-    match api.events.create(&body.name, &body.schema) {
+    match store.create(&body.name, &body.schema) {
         Ok((def, new)) => {
             let status = if new { StatusCode::CREATED } else { StatusCode::OK };
             let mut answer = described(&def);
@@ -80,6 +94,10 @@ pub(super) async fn create(State(api): State<Api>, body: Result<Bytes, BytesReje
 
 /// `GET /api/v1/events[?name=NAME]`: every version of every definition (or of `NAME`).
 pub(super) async fn list(State(api): State<Api>, uri: Uri) -> Response {
+    let store = match definitions(&api) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
     let mut name = None;
     for (k, v) in query_pairs(uri.query().unwrap_or("")) {
         match k.as_str() {
@@ -87,7 +105,7 @@ pub(super) async fn list(State(api): State<Api>, uri: Uri) -> Response {
             other => return error(StatusCode::BAD_REQUEST, format!("unknown query parameter `{other}`")),
         }
     }
-    match api.events.list(name.as_deref()) {
+    match store.list(name.as_deref()) {
         Ok(defs) => Json(json!({"events": defs.iter().map(described).collect::<Vec<_>>()})).into_response(),
         Err(e) => event_error(e),
     }
@@ -95,7 +113,11 @@ pub(super) async fn list(State(api): State<Api>, uri: Uri) -> Response {
 
 /// `GET /api/v1/events/{id}`: the version and its text.
 pub(super) async fn get(State(api): State<Api>, Path(id): Path<String>) -> Response {
-    match api.events.get(&id) {
+    let store = match definitions(&api) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match store.get(&id) {
         Ok(Some((def, text))) => {
             let mut answer = described(&def);
             answer["schema"] = json!(text);
@@ -113,13 +135,17 @@ fn no_such(id: &str) -> Response {
 /// `DELETE /api/v1/events/{id}`: 409 when it is the current version and a stored flow imports
 /// it (deleting it would change or break that flow), naming the flows.
 pub(super) async fn delete(State(api): State<Api>, Path(id): Path<String>) -> Response {
-    let def = match api.events.get(&id) {
+    let store = match definitions(&api) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let def = match store.get(&id) {
         Ok(Some((def, _))) => def,
         Ok(None) => return no_such(&id),
         Err(e) => return event_error(e),
     };
     if def.current {
-        let users = match users(&api, &def.name) {
+        let users = match users(&api, store, &def.name).await {
             Ok(u) => u,
             Err(r) => return r,
         };
@@ -131,7 +157,7 @@ pub(super) async fn delete(State(api): State<Api>, Path(id): Path<String>) -> Re
             return (StatusCode::CONFLICT, Json(answer)).into_response();
         }
     }
-    match api.events.delete(&id) {
+    match store.delete(&id) {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => no_such(&id),
         Err(e) => event_error(e),
@@ -140,16 +166,13 @@ pub(super) async fn delete(State(api): State<Api>, Path(id): Path<String>) -> Re
 
 /// The stored flows that import the definition `name`, directly or through other files: the
 /// files the front end loaded for them, so a commented-out import does not count.
-fn users(api: &Api, name: &str) -> Result<Vec<String>, Response> {
-    let file = crate::loader::normalize(&api.events.current_file(name));
-    let store = api.flows.store();
-    let names = store.list().map_err(super::store_error)?;
+async fn users(api: &Api, store: &events::EventStore, name: &str) -> Result<Vec<String>, Response> {
+    let file = crate::loader::normalize(&store.current_file(name));
     let mut users = Vec::new();
-    for flow in names {
-        let Some(text) = store.get(&flow).map_err(super::store_error)? else { continue };
-        let c = api.flows.front_end(&flow, &text);
+    for flow in api.flows.all().await.map_err(super::store_error)? {
+        let c = api.flows.front_end_of(&flow);
         if c.sources.files().any(|(_, f)| crate::loader::normalize(std::path::Path::new(&f.name)) == file) {
-            users.push(flow);
+            users.push(flow.name);
         }
     }
     Ok(users)
@@ -162,11 +185,15 @@ pub(super) async fn validate(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let store = match definitions(&api) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
     let body = match body {
         Ok(b) => b,
         Err(e) => return error(e.status(), e.body_text()),
     };
-    let (def, text) = match api.events.get(&id) {
+    let (def, text) = match store.get(&id) {
         Ok(Some(found)) => found,
         Ok(None) => return no_such(&id),
         Err(e) => return event_error(e),
@@ -175,7 +202,7 @@ pub(super) async fn validate(
         return error(StatusCode::BAD_REQUEST, "the body must be one JSON event");
     }
     // Compiled where the current version lives, so its imports of other definitions resolve.
-    let file = api.events.current_file(&def.name);
+    let file = store.current_file(&def.name);
     let compiled = match events::compile(api.flows.catalog(), &file, &def.name, &text) {
         Ok(c) => c,
         // Stored texts compiled when they were posted; one that no longer does lost an import.

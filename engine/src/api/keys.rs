@@ -103,6 +103,19 @@ impl KeyFile {
         Ok(KeyFile { path, keys: Arc::new(RwLock::new(keys)), loaded })
     }
 
+    /// [`KeyFile::load`], except that a file not there yet means no keys (every call refused)
+    /// until [`KeyFile::watch`] sees it appear: a Kubernetes Secret mounted as optional, created
+    /// after the controller.
+    pub fn load_when_present(path: impl Into<PathBuf>) -> Result<KeyFile, KeyError> {
+        let path = path.into();
+        match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(KeyFile { path, keys: Arc::default(), loaded: None })
+            }
+            _ => KeyFile::load(path),
+        }
+    }
+
     /// No key at all: every call is refused (the API without `--api-keys`).
     pub fn none() -> KeyFile {
         KeyFile { path: PathBuf::new(), keys: Arc::default(), loaded: None }
@@ -195,6 +208,30 @@ mod tests {
         assert_eq!(keys.scope(b"new-key"), Some(Scope::Write));
         watcher.abort();
         assert_eq!(KeyFile::none().scope(b""), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// An optional Secret mounted before it exists: no keys, then its keys once it appears.
+    #[tokio::test]
+    async fn a_key_file_that_appears_later_is_read() {
+        let dir = std::env::temp_dir().join(format!("phoenix-keys-later-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("keys");
+        assert!(KeyFile::load(&path).is_err(), "`load` needs the file");
+        let keys = KeyFile::load_when_present(&path).expect("absent is allowed");
+        assert_eq!(keys.scope(b"later"), None);
+        let watcher = tokio::spawn(keys.clone().watch(Duration::from_millis(20)));
+        std::fs::write(&path, "later write\n").expect("write");
+        let appeared = async {
+            while keys.scope(b"later").is_none() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), appeared).await.expect("read once it appeared");
+        watcher.abort();
+        std::fs::write(&path, "broken\n").expect("write");
+        assert!(KeyFile::load_when_present(&path).is_err(), "a present file must parse");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,8 +1,10 @@
 //! The control plane: `phoenix serve` runs named flows and serves `/api/v1` beside `/health`,
 //! `/ready` and `/metrics` (docs/api.md is the reference).
 //!
-//! - [`store`] — where flow texts live ([`FlowStore`]; a directory here, PhoenixFlow
-//!   resources on a cluster).
+//! - [`backend`] — what the handlers serve flows from ([`FlowBackend`]): the flows of this
+//!   process over a [`FlowStore`] for `phoenix serve`, PhoenixFlow resources for `phoenix
+//!   controller` (`cluster::api`). [`router`] is the same code over either.
+//! - [`store`] — where `phoenix serve` keeps flow texts ([`FlowStore`], a directory).
 //! - [`flows`] — the running flows: compile, start, replace, stop.
 //! - [`keys`] — API keys and their scopes, re-read when the file changes.
 //! - [`events`] — event definitions: versioned schemas flows import, and events checked
@@ -13,6 +15,7 @@
 //! Like the metrics server, binding is the caller's and serving takes a shutdown future, so
 //! tests bind port 0 and stop it when they like.
 
+pub mod backend;
 mod event_routes;
 pub mod events;
 pub mod flows;
@@ -22,8 +25,9 @@ mod openapi;
 pub mod routes;
 pub mod store;
 
+use crate::api::backend::{FlowBackend, PutError, Stored};
 use crate::api::events::EventStore;
-use crate::api::flows::{ApiDiagnostic, ChangeError, Flows, etag};
+use crate::api::flows::{ApiDiagnostic, ChangeError, Flows};
 use crate::api::keys::{KeyFile, Scope};
 use crate::api::store::{FlowStore, StoreError, check_name};
 use crate::exec::trace::trace;
@@ -86,7 +90,7 @@ pub async fn serve(
     let health = Health::new();
     let flows =
         Arc::new(Flows::new(config.store, metrics.clone(), health.readiness(), config.workers, config.settings));
-    let app = server::router(metrics, health.clone()).merge(router(flows.clone(), config.keys, config.events));
+    let app = server::router(metrics, health.clone()).merge(router(flows.clone(), config.keys, Some(config.events)));
     let served = CancellationToken::new();
     let server = {
         let stop = served.clone();
@@ -118,14 +122,16 @@ pub async fn serve(
 
 #[derive(Debug, Clone)]
 struct Api {
-    flows: Arc<Flows>,
+    flows: Arc<dyn FlowBackend>,
     keys: KeyFile,
-    events: Arc<EventStore>,
+    /// `None` where event definitions are not kept (the controller: they live in a flow
+    /// directory, which a cluster has not): their routes answer 501.
+    events: Option<Arc<EventStore>>,
 }
 
-/// `/api/v1`, every route behind [`authorize`]. [`openapi::ROUTES`] lists the same routes (a
-/// test holds the two and docs/openapi.yaml together).
-pub fn router(flows: Arc<Flows>, keys: KeyFile, events: Arc<EventStore>) -> Router {
+/// `/api/v1`, every route behind [`authorize`], over `flows` (a test in `openapi` holds these
+/// routes and docs/openapi.yaml together).
+pub fn router(flows: Arc<dyn FlowBackend>, keys: KeyFile, events: Option<Arc<EventStore>>) -> Router {
     let api = Api { flows, keys, events };
     Router::new()
         .route("/api/v1/flows", get(list_flows))
@@ -159,6 +165,12 @@ fn store_error(e: StoreError) -> Response {
         StoreError::Io { .. } => {
             tracing::error!("{e}");
             error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+        // The API server behind the controller refused or could not be reached: a gateway's
+        // error, not this server's.
+        StoreError::Cluster(_) => {
+            tracing::error!("{e}");
+            error(StatusCode::BAD_GATEWAY, e.to_string())
         }
     }
 }
@@ -198,12 +210,11 @@ fn unauthorized(message: &str) -> Response {
 }
 
 async fn list_flows(State(api): State<Api>) -> Response {
-    let store = api.flows.store();
-    let names = match store.list() {
-        Ok(n) => n,
+    let stored = match api.flows.all().await {
+        Ok(s) => s,
         Err(e) => return store_error(e),
     };
-    let flows: Vec<_> = names.iter().map(|n| json!({"name": n, "status": store.status(n)})).collect();
+    let flows: Vec<_> = stored.iter().map(|f| json!({"name": f.name, "status": f.status})).collect();
     Json(json!({ "flows": flows })).into_response()
 }
 
@@ -211,18 +222,17 @@ async fn get_flow(State(api): State<Api>, Path(name): Path<String>) -> Response 
     if let Err(e) = check_name(&name) {
         return store_error(e);
     }
-    let store = api.flows.store();
-    match store.get(&name) {
-        Ok(Some(text)) => with_etag(
+    match api.flows.one(&name).await {
+        Ok(Some(f)) => with_etag(
             Json(json!({
                 "name": name,
-                "etag": etag(&text),
-                "text": text,
-                "status": store.status(&name),
-                "nodes": api.flows.counts(&name).unwrap_or_default(),
+                "etag": f.etag,
+                "text": f.text,
+                "status": f.status,
+                "nodes": f.nodes,
             }))
             .into_response(),
-            &text,
+            &f.etag,
         ),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no flow named `{name}`")),
         Err(e) => store_error(e),
@@ -274,23 +284,20 @@ async fn put_flow(
         Ok(t) => t,
         Err(r) => return r,
     };
-    let compiled = match api.flows.compile(&name, &text) {
-        Ok(c) => c,
-        Err(diagnostics) => return invalid(&name, diagnostics),
-    };
-    let warnings = compiled.warnings.clone();
-    match api.flows.replace_if(&name, &text, compiled, precondition(&headers)).await {
-        Ok(existed) => {
-            let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    match api.flows.put(&name, text, precondition(&headers)).await {
+        Ok(put) => {
+            let status = if put.existed { StatusCode::OK } else { StatusCode::CREATED };
             let answer = json!({
                 "name": name,
-                "etag": etag(&text),
-                "status": api.flows.store().status(&name),
-                "warnings": warnings,
+                "etag": put.etag,
+                "status": put.status,
+                "warnings": put.warnings,
             });
-            with_etag((status, Json(answer)).into_response(), &text)
+            with_etag((status, Json(answer)).into_response(), &put.etag)
         }
-        Err(e) => change_error(e),
+        Err(PutError::Invalid(diagnostics)) => invalid(&name, diagnostics),
+        Err(PutError::Refused(message)) => error(StatusCode::BAD_REQUEST, message),
+        Err(PutError::Change(e)) => change_error(e),
     }
 }
 
@@ -299,8 +306,8 @@ fn precondition(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::IF_MATCH).map(|v| v.to_str().unwrap_or("\u{0}"))
 }
 
-fn with_etag(mut r: Response, text: &str) -> Response {
-    if let Ok(v) = header::HeaderValue::from_str(&etag(text)) {
+fn with_etag(mut r: Response, etag: &str) -> Response {
+    if let Ok(v) = header::HeaderValue::from_str(etag) {
         r.headers_mut().insert(header::ETAG, v);
     }
     r
@@ -325,7 +332,7 @@ async fn delete_flow(State(api): State<Api>, Path(name): Path<String>, headers: 
     if let Err(e) = check_name(&name) {
         return store_error(e);
     }
-    match api.flows.delete_if(&name, precondition(&headers)).await {
+    match api.flows.remove(&name, precondition(&headers)).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => error(StatusCode::NOT_FOUND, format!("no flow named `{name}`")),
         Err(e) => change_error(e),
@@ -347,26 +354,16 @@ async fn list_routes(State(api): State<Api>, uri: Uri) -> Response {
             other => return error(StatusCode::BAD_REQUEST, format!("unknown query parameter `{other}`")),
         }
     }
-    let store = api.flows.store();
-    let names = match (&only, store.list()) {
-        (_, Err(e)) => return store_error(e),
-        (Some(f), Ok(names)) if !names.contains(f) => {
-            return error(StatusCode::NOT_FOUND, format!("no flow named `{f}`"));
-        }
-        (Some(f), Ok(_)) => vec![f.clone()],
-        (None, Ok(names)) => names,
+    let stored = match selected(&api, only.as_deref()).await {
+        Ok(s) => s,
+        Err(r) => return r,
     };
     let filter = ty.as_deref().map(|value| routes::TypeFilter { field: &field, value });
     let mut arms = Vec::new();
-    for name in names {
-        let text = match store.get(&name) {
-            Ok(Some(t)) => t,
-            Ok(None) => continue,
-            Err(e) => return store_error(e),
-        };
-        let c = api.flows.front_end(&name, &text);
+    for stored in &stored {
+        let c = api.flows.front_end_of(stored);
         if let (false, Some(flow)) = (c.has_errors(), &c.flow) {
-            arms.extend(routes::arms(&name, flow, &c.sources, filter));
+            arms.extend(routes::arms(&stored.name, flow, &c.sources, filter));
         }
     }
     Json(json!({ "routes": arms })).into_response()
@@ -403,28 +400,15 @@ async fn route_event(State(api): State<Api>, uri: Uri, body: Result<Bytes, Bytes
         },
         None => body.to_vec(),
     };
-    let store = api.flows.store();
-    let names = match (&only, store.list()) {
-        (_, Err(e)) => return store_error(e),
-        (Some(f), Ok(names)) if !names.contains(f) => {
-            return error(StatusCode::NOT_FOUND, format!("no flow named `{f}`"));
-        }
-        (Some(f), Ok(_)) => vec![f.clone()],
-        (None, Ok(names)) => names,
+    let stored = match selected(&api, only.as_deref()).await {
+        Ok(s) => s,
+        Err(r) => return r,
     };
     let mut flows = Vec::new();
     let mut skipped = Vec::new();
-    for name in names {
-        let text = match store.get(&name) {
-            Ok(Some(t)) => t,
-            Ok(None) => continue,
-            Err(e) => return store_error(e),
-        };
-        let graph = match api.flows.compile(&name, &text) {
-            Ok(c) => c.task_graph().map_err(|e| e.to_string()),
-            Err(d) => Err(format!("does not compile ({} diagnostics)", d.len())),
-        };
-        match graph {
+    for stored in &stored {
+        let name = &stored.name;
+        match api.flows.task_graph_of(stored) {
             Ok(g) => {
                 let sources = trace(&g, &payload, source.as_deref());
                 if !sources.is_empty() {
@@ -437,6 +421,18 @@ async fn route_event(State(api): State<Api>, uri: Uri, body: Result<Bytes, Bytes
     let event = serde_json::from_slice::<serde_json::Value>(&payload)
         .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&payload).into_owned()));
     Json(json!({"event": event, "flows": flows, "skipped": skipped})).into_response()
+}
+
+/// Every stored flow, or only `only` (404 when there is no such flow).
+async fn selected(api: &Api, only: Option<&str>) -> Result<Vec<Stored>, Response> {
+    let all = api.flows.all().await.map_err(store_error)?;
+    match only {
+        None => Ok(all),
+        Some(f) => {
+            let one: Vec<Stored> = all.into_iter().filter(|s| s.name == f).collect();
+            if one.is_empty() { Err(error(StatusCode::NOT_FOUND, format!("no flow named `{f}`"))) } else { Ok(one) }
+        }
+    }
 }
 
 /// The event with its field `field` set to `value`: added when absent, refused when it holds

@@ -1,6 +1,6 @@
-//! Where the API keeps flows: named `.phx` texts and what became of each. The handlers only
-//! see [`FlowStore`], so `phoenix serve` (a directory, [`DirStore`]) and the cluster controller
-//! (PhoenixFlow resources) can serve the same API.
+//! Where `phoenix serve` keeps flows: named `.phx` texts and what became of each. The handlers
+//! see them through [`super::backend::FlowBackend`], which the cluster controller implements
+//! over PhoenixFlow resources instead.
 
 use serde::Serialize;
 use std::collections::HashMap;
@@ -17,6 +17,10 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The Kubernetes API server behind `phoenix controller` refused a call or could not be
+    /// reached.
+    #[error("the cluster: {0}")]
+    Cluster(String),
 }
 
 /// What became of a stored flow.

@@ -383,6 +383,8 @@ pub struct Options {
     pub election: Option<(String, String)>,
     /// Lease duration.
     pub lease_duration: Duration,
+    /// Serve the control-plane API over PhoenixFlows; `None`: no API.
+    pub api: Option<super::api::ApiOptions>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -454,6 +456,11 @@ pub async fn serve(
                 tracing::error!("controller HTTP server: {e}");
             }
         });
+    }
+    // Every replica serves the API, leader or not: it only reads and writes PhoenixFlows, and
+    // whichever replica leads reconciles what it writes.
+    if let Some(api) = options.api.clone() {
+        super::api::spawn(client.clone(), api, stop.clone()).await?;
     }
     let namespace = options.namespace.clone();
     let Some((lease_ns, identity)) = options.election.clone() else {

@@ -11,7 +11,10 @@
 //! - [`controller`] — `phoenix controller`: the reconciler and its status; [`lease`] elects
 //!   one leader among its replicas.
 //! - [`client`] — connecting, and the commands users run against a cluster.
+//! - [`api`] — the control-plane API (`crate::api::router`) over PhoenixFlow resources, served
+//!   by the controller.
 //! - [`yaml`] — YAML in and out.
+pub mod api;
 pub mod bundle;
 pub mod client;
 pub mod controller;
