@@ -390,8 +390,8 @@ fn the_commerce_system_end_to_end() {
     assert!(dead[0]["error"].as_str().unwrap().contains("400 mapper_parsing_exception"), "{}", dead[0]);
     assert!(dead[0]["node"].as_str().unwrap().contains("search"), "{}", dead[0]);
 
-    // The export files: read ones moved under `processed/`; the bad one left for a person,
-    // the one outside the glob untouched.
+    // The export files: read ones moved under `processed/`; the bad one under `unreadable/`
+    // for a person, the one outside the glob untouched.
     assert_eq!(
         keys(&moto, "incoming", "processed/"),
         [
@@ -403,9 +403,7 @@ fn the_commerce_system_end_to_end() {
         .map(|k| format!("processed/{k}"))
         .into()
     );
-    assert_eq!(
-        keys(&moto, "incoming", "incoming/"),
-        ["incoming/README.txt", "incoming/products-2026-12-06.json"].map(String::from).into()
-    );
+    assert_eq!(keys(&moto, "incoming", "unreadable/"), ["unreadable/products-2026-12-06.json".to_string()].into());
+    assert_eq!(keys(&moto, "incoming", "incoming/"), ["incoming/README.txt".to_string()].into());
     stop_es.cancel();
 }
