@@ -103,8 +103,9 @@ impl Retry {
     /// at `backoff_max`, and the delay is drawn uniformly from its upper half, never below
     /// `backoff_min`. So every delay lies within [`backoff_min`, `backoff_max`] — the cap is
     /// applied after the jitter, not before (backon's `with_jitter` adds up to the capped delay
-    /// again, which let a 1 s cap wait 1.9 s) — and each range starts where the one before it
-    /// ends, so delays grow until the cap and are still spread there (over its upper half).
+    /// again, which let a 1 s cap wait 1.9 s) — and, below the cap, each range starts where the
+    /// one before it ends, so delays grow; at the cap they are still spread (over its upper
+    /// half, which may overlap the range before it).
     /// Full jitter (0 to the ceiling) would spread them further but may retry at once, which a
     /// service that just answered 429 does not want, and `backoff_min` is documented as a floor.
     fn delay(&self, attempt: u64) -> Duration {
