@@ -16,7 +16,6 @@ use crate::options::{OptionError, Options, Settings};
 use crate::taskgraph::{TaskGraph, raw_queue};
 use arrow::array::{Array, BinaryArray, UInt32Array};
 use arrow_schema::SchemaRef;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use phoenix_dsl::catalog::{Catalog, Role};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -99,18 +98,22 @@ impl Retry {
     }
 
     /// The delay before attempt `attempt + 1` of events tried `attempt` times.
+    ///
+    /// "Equal jitter" under a doubling ceiling: the ceiling is `backoff_min · 2^attempt`, capped
+    /// at `backoff_max`, and the delay is drawn uniformly from its upper half, never below
+    /// `backoff_min`. So every delay lies within [`backoff_min`, `backoff_max`] — the cap is
+    /// applied after the jitter, not before (backon's `with_jitter` adds up to the capped delay
+    /// again, which let a 1 s cap wait 1.9 s) — and, below the cap, each range starts where the
+    /// one before it ends, so delays grow; at the cap they are still spread (over its upper
+    /// half, which may overlap the range before it).
+    /// Full jitter (0 to the ceiling) would spread them further but may retry at once, which a
+    /// service that just answered 429 does not want, and `backoff_min` is documented as a floor.
     fn delay(&self, attempt: u64) -> Duration {
-        let n = attempt.clamp(1, 64) as usize - 1;
-        self.delays().nth(n).unwrap_or(self.max)
-    }
-
-    fn delays(&self) -> backon::ExponentialBackoff {
-        ExponentialBuilder::default()
-            .with_min_delay(self.min)
-            .with_max_delay(self.max.max(self.min))
-            .with_jitter()
-            .without_max_times()
-            .build()
+        let max = self.max.max(self.min);
+        // 2^31 · any `backoff_min` of a millisecond or more is already past any useful cap.
+        let ceiling = self.min.saturating_mul(1u32 << attempt.clamp(1, 31)).min(max);
+        let floor = (ceiling / 2).max(self.min);
+        floor + (ceiling - floor).mul_f64(fastrand::f64())
     }
 }
 
@@ -640,7 +643,6 @@ impl SinkRunner {
 
     /// Try a write or flush until it succeeds, fails partially, or the policy gives up on it.
     async fn attempt(&mut self, step: Step<'_>) -> Result<(), Failure> {
-        let mut delays = self.retry.delays();
         let mut attempts = 0;
         let mut warned_stuck = false;
         loop {
@@ -664,7 +666,7 @@ impl SinkRunner {
                 // Stopping and the sink is still down: report, don't hang.
                 return Err(Failure::Whole(error, attempts));
             }
-            let delay = delays.next().unwrap_or(self.retry.max);
+            let delay = self.retry.delay(attempts);
             if exhausted && !warned_stuck {
                 warned_stuck = true;
                 error!(sink = %self.title, attempts, %error,
@@ -814,4 +816,36 @@ fn take_rows(b: &SinkBatch, rows: &[usize]) -> SinkBatch {
         })
         .collect();
     SinkBatch { payloads, fields, ack: b.ack.clone() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Retry;
+    use std::time::Duration;
+
+    /// Many draws per attempt: each within [backoff_min, backoff_max] (the old backon jitter,
+    /// added after the cap, reached nearly twice backoff_max), the median doubling per attempt
+    /// until it nears the cap, and the delays at the cap still spread rather than all equal.
+    #[test]
+    fn delays_stay_within_min_and_max_and_grow() {
+        for (min, max) in [(100, 1000), (100, 30_000), (250, 250), (500, 300), (1, 5)] {
+            let (min, max) = (Duration::from_millis(min), Duration::from_millis(max));
+            let retry = Retry { max_attempts: 10, min, max };
+            let bound = max.max(min);
+            let mut previous_median = Duration::ZERO;
+            for attempt in 1..=40 {
+                let mut draws: Vec<Duration> = (0..2000).map(|_| retry.delay(attempt)).collect();
+                draws.sort();
+                let (shortest, median, longest) = (draws[0], draws[1000], draws[1999]);
+                assert!(shortest >= min, "attempt {attempt}: {shortest:?} < backoff_min {min:?}");
+                assert!(longest <= bound, "attempt {attempt}: {longest:?} > backoff_max {bound:?}");
+                let grown = previous_median.mul_f64(1.9).min(bound.mul_f64(0.7));
+                assert!(median >= grown, "attempt {attempt}: median {median:?} after {previous_median:?}");
+                if bound >= min * 2 {
+                    assert!(longest > shortest, "attempt {attempt}: no jitter");
+                }
+                previous_median = median;
+            }
+        }
+    }
 }

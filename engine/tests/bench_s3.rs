@@ -10,21 +10,11 @@ mod support;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::time::Duration;
-use support::servers::{Moto, python_client};
+use support::servers::{AWS_ENV, Moto, python_client};
 use support::{phoenix, temp, wait};
 
 const EVENTS: u64 = 3_000;
 const OBJECTS: u64 = 7;
-
-/// Fake credentials and no instance metadata: the AWS chain stops at the environment.
-const AWS_ENV: &[(&str, &str)] = &[
-    ("AWS_ACCESS_KEY_ID", "testing"),
-    ("AWS_SECRET_ACCESS_KEY", "testing"),
-    ("AWS_REGION", "us-east-1"),
-    ("AWS_EC2_METADATA_DISABLED", "true"),
-    ("AWS_CONFIG_FILE", "/nonexistent/phoenix-test"),
-    ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/phoenix-test"),
-];
 
 #[test]
 fn s3_bench_accounts_for_every_event() {

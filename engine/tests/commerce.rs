@@ -13,7 +13,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 
 use std::time::Duration;
-use support::servers::{Moto, Tansu, python_client};
+use support::servers::{AWS_ENV, Moto, Tansu, python_client};
 use support::{Guard, curl, free_port, json_lines, lines, phoenix_run, signal, temp, until, wait};
 
 const TOPICS: [&str; 3] = ["products", "orders", "suppliers"];
@@ -294,16 +294,6 @@ fn key(m: &Value) -> String {
 
 // ---------------------------------------------------------------------------------------------
 // SQS
-
-/// Fake credentials and no instance metadata, for the child processes only.
-const AWS_ENV: &[(&str, &str)] = &[
-    ("AWS_ACCESS_KEY_ID", "testing"),
-    ("AWS_SECRET_ACCESS_KEY", "testing"),
-    ("AWS_REGION", "us-east-1"),
-    ("AWS_EC2_METADATA_DISABLED", "true"),
-    ("AWS_CONFIG_FILE", "/nonexistent/phoenix-test"),
-    ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/phoenix-test"),
-];
 
 fn sqs(args: &[&str]) -> String {
     python_client(args, None, AWS_ENV)

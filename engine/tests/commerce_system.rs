@@ -17,19 +17,9 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use support::servers::{Moto, Tansu, python_client};
+use support::servers::{AWS_ENV, Moto, Tansu, python_client};
 use support::{Guard, curl, free_port, json_lines, lines, phoenix_run, signal, temp, until, wait};
 use tokio_util::sync::CancellationToken;
-
-/// Fake credentials and no instance metadata, for the child processes only.
-const AWS_ENV: &[(&str, &str)] = &[
-    ("AWS_ACCESS_KEY_ID", "testing"),
-    ("AWS_SECRET_ACCESS_KEY", "testing"),
-    ("AWS_REGION", "us-east-1"),
-    ("AWS_EC2_METADATA_DISABLED", "true"),
-    ("AWS_CONFIG_FILE", "/nonexistent/phoenix-test"),
-    ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/phoenix-test"),
-];
 
 const TOPICS: [&str; 3] = ["products", "orders", "suppliers"];
 
@@ -400,8 +390,8 @@ fn the_commerce_system_end_to_end() {
     assert!(dead[0]["error"].as_str().unwrap().contains("400 mapper_parsing_exception"), "{}", dead[0]);
     assert!(dead[0]["node"].as_str().unwrap().contains("search"), "{}", dead[0]);
 
-    // The export files: read ones moved under `processed/`; the bad one left for a person,
-    // the one outside the glob untouched.
+    // The export files: read ones moved under `processed/`; the bad one under `unreadable/`
+    // for a person, the one outside the glob untouched.
     assert_eq!(
         keys(&moto, "incoming", "processed/"),
         [
@@ -413,9 +403,7 @@ fn the_commerce_system_end_to_end() {
         .map(|k| format!("processed/{k}"))
         .into()
     );
-    assert_eq!(
-        keys(&moto, "incoming", "incoming/"),
-        ["incoming/README.txt", "incoming/products-2026-12-06.json"].map(String::from).into()
-    );
+    assert_eq!(keys(&moto, "incoming", "unreadable/"), ["unreadable/products-2026-12-06.json".to_string()].into());
+    assert_eq!(keys(&moto, "incoming", "incoming/"), ["incoming/README.txt".to_string()].into());
     stop_es.cancel();
 }

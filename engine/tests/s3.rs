@@ -9,18 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use support::servers::{Moto, python_client};
+use support::servers::{AWS_ENV, Moto, python_client};
 use support::{Guard, json_lines, lines, phoenix_run, signal, temp, until, wait};
-
-/// Fake credentials and no instance metadata: the AWS chain stops at the environment.
-const AWS_ENV: &[(&str, &str)] = &[
-    ("AWS_ACCESS_KEY_ID", "testing"),
-    ("AWS_SECRET_ACCESS_KEY", "testing"),
-    ("AWS_REGION", "us-east-1"),
-    ("AWS_EC2_METADATA_DISABLED", "true"),
-    ("AWS_CONFIG_FILE", "/nonexistent/phoenix-test"),
-    ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/phoenix-test"),
-];
 
 fn py(args: &[&str], stdin: Option<&[u8]>) -> String {
     python_client(args, stdin, AWS_ENV)
@@ -519,10 +509,10 @@ archive.errors | dead
     stop(child);
     assert!(lines(&dir.join("dead.jsonl")).is_empty(), "nothing dead-lettered with max_attempts = 0");
 
-    // Retried with backoff: the delay announced after attempt n is `backoff_min` doubled n - 1
-    // times, capped at `backoff_max`, plus up to as much again of jitter (the jitter comes on
-    // top of the cap: a delay may reach twice `backoff_max`); so the outage took a handful of
-    // attempts, not a busy loop.
+    // Retried with backoff: the delay announced after attempt n lies between `backoff_min`
+    // doubled n - 1 and n times, and once that reaches `backoff_max`, between half of it and
+    // it (the cap holds with the jitter); so the outage took a handful of attempts, not a busy
+    // loop.
     let log = std::fs::read_to_string(dir.join("phoenix.log")).unwrap();
     let field = |l: &str, name: &str| -> Option<String> {
         Some(l.split(&format!(" {name}=")).nth(1)?.split_whitespace().next()?.to_string())
@@ -545,8 +535,14 @@ archive.errors | dead
     assert!(retries.len() <= 30, "backoff, not a busy loop: {retries:?}");
     assert!(retries.iter().any(|(attempt, _)| *attempt >= 3), "the same events tried again and again: {retries:?}");
     for (attempt, delay) in &retries {
-        let base = Duration::from_millis(100 << (attempt - 1).min(4)).min(Duration::from_secs(1));
-        assert!(*delay >= base && *delay <= base * 2, "attempt {attempt}: {delay:?} for a base of {base:?}");
+        let ceiling = Duration::from_millis(100 << (*attempt).min(5)).min(Duration::from_secs(1));
+        let floor = (ceiling / 2).max(Duration::from_millis(100));
+        // The log prints the delay rounded; a microsecond either side is that rounding.
+        let slack = Duration::from_micros(1);
+        assert!(
+            *delay + slack >= floor && *delay <= ceiling + slack,
+            "attempt {attempt}: {delay:?} outside [{floor:?}, {ceiling:?}]"
+        );
     }
 }
 
@@ -555,16 +551,46 @@ archive.errors | dead
 /// a second run reads nothing again and dead-letters nothing again.
 #[test]
 fn an_object_access_denied_is_dead_lettered_once_and_the_rest_read() {
+    let (cp, listed) = access_denied_twice("s3-denied", "", None);
+    for k in ["a.jsonl", "b.json"] {
+        assert_eq!(cp["done"][k].as_str(), Some(listed[k].as_str()), "{cp}");
+    }
+}
+
+/// As above with `on_done = "move"`: the readable objects are moved under `move_to`; the
+/// denied one cannot be moved under `unreadable/` (on AWS the copy needs read access; moto
+/// does not check that, so the policy also denies writing there), so it stays in place,
+/// recorded in the checkpoint, and a restart does not dead-letter it again.
+#[test]
+fn with_move_an_object_access_denied_stays_recorded_and_is_dead_lettered_once() {
+    let (cp, listed) =
+        access_denied_twice("s3-denied-move", r#"on_done = "move", move_to = "done/","#, Some("unreadable/"));
+    assert!(cp["done"].as_object().is_some_and(|d| d.is_empty()), "finished objects are moved, not recorded: {cp}");
+    let keys: BTreeSet<&str> = listed.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from([".phoenix/input.checkpoint.json", "done/a.jsonl", "done/b.json", "secret.jsonl"]),
+        "the readable objects moved, the denied one left in place"
+    );
+}
+
+/// Three objects at the bucket's root, one of them (`secret.jsonl`) denied to the flow's
+/// credentials (and writing under `deny_put`, if given); the flow (with `options`) runs twice.
+/// Checks what both cases share and returns the checkpoint and the bucket's keys and ETags
+/// after the second run.
+fn access_denied_twice(name: &str, options: &str, deny_put: Option<&str>) -> (Value, BTreeMap<String, String>) {
     // Setting up takes a handful of requests; the test spends what is left of the 100 before
     // the flow starts (`auth-on`), so every request of the flow is checked.
     let moto = Moto::start_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "100")]);
-    let dir = temp("s3-denied");
+    let dir = temp(name);
     bucket(&moto, "bkt", None);
     put(&moto, "bkt", "a.jsonl", ndjson(0..10).as_bytes(), None);
     put(&moto, "bkt", "secret.jsonl", ndjson(100..110).as_bytes(), None);
     put(&moto, "bkt", "b.json", array(10..20).as_bytes(), None);
-    let user: Value =
-        serde_json::from_str(py(&["s3-deny-user", &moto.endpoint(), "bkt", "secret.jsonl"], None).trim()).unwrap();
+    let endpoint = moto.endpoint();
+    let mut deny = vec!["s3-deny-user", endpoint.as_str(), "bkt", "secret.jsonl"];
+    deny.extend(deny_put);
+    let user: Value = serde_json::from_str(py(&deny, None).trim()).unwrap();
     let (id, secret) = (user["id"].as_str().unwrap().to_string(), user["secret"].as_str().unwrap().to_string());
     py(&["auth-on", &moto.endpoint()], None);
     let creds = [("AWS_ACCESS_KEY_ID", id.as_str()), ("AWS_SECRET_ACCESS_KEY", secret.as_str())];
@@ -575,7 +601,7 @@ fn an_object_access_denied_is_dead_lettered_once_and_the_rest_read() {
     // Objects at the bucket's root and no `prefix`: once moto checks signatures, it refuses a
     // ListObjectsV2 whose `prefix` holds a `/` as the AWS SDK for Rust signs it
     // (SignatureDoesNotMatch, while the same listing from boto3 passes).
-    let f = flow(&dir, &moto, r#"glob = "*.json*", poll_interval = 0s,"#);
+    let f = flow(&dir, &moto, &format!(r#"glob = "*.json*", poll_interval = 0s, {options}"#));
     let run_as_user = || {
         let out = wait(
             phoenix_run(&f, &dir.join("phoenix.log"))
@@ -599,18 +625,78 @@ fn an_object_access_denied_is_dead_lettered_once_and_the_rest_read() {
     assert!(error.contains("`s3://bkt/secret.jsonl` cannot be read") && error.contains("AccessDenied"), "{error}");
     let payload: Value = serde_json::from_str(dead[0]["payload"].as_str().unwrap()).unwrap();
     assert_eq!(payload["key"], "secret.jsonl", "{payload}");
+
+    // Nothing read again, nothing dead-lettered again.
+    run_as_user();
+    assert_eq!(ids(&dir).len(), 20, "nothing read twice");
+    assert_eq!(json_lines(&dir.join("dead.jsonl")).len(), 1, "the denied object is not dead-lettered again");
+
     // The denied object is recorded as unreadable, under the ETag S3 lists for it.
     let cp: Value =
         serde_json::from_str(&as_user(&["s3-get", &moto.endpoint(), "bkt", ".phoenix/input.checkpoint.json"])).unwrap();
     let listed: BTreeMap<String, String> =
         serde_json::from_str(&as_user(&["s3-etags", &moto.endpoint(), "bkt"])).unwrap();
     assert_eq!(cp["unreadable"]["secret.jsonl"].as_str(), Some(listed["secret.jsonl"].as_str()), "{cp}");
-    for k in ["a.jsonl", "b.json"] {
-        assert_eq!(cp["done"][k].as_str(), Some(listed[k].as_str()), "{cp}");
+    (cp, listed)
+}
+
+/// Objects that are not JSON or not valid gzip, with `on_done = "move"`: each dead-lettered
+/// once and moved, intact, under `move_unreadable_to` (by default `unreadable/` beside
+/// `move_to`), the good ones under `move_to`; nothing is recorded, and a restart reads nothing
+/// and dead-letters nothing again. With `on_done = "delete"` the unreadable ones are not
+/// deleted: they stay, recorded in the checkpoint, and a restart leaves them alone too.
+#[test]
+fn unreadable_objects_are_dead_lettered_once_with_move_and_delete() {
+    let moto = Moto::start();
+    bucket(&moto, "bkt", None);
+    let not_json = b"id,kind\n1,a\n";
+    let full = gzip(ndjson(1000..3000).as_bytes());
+    let cut = &full[..full.len() / 2];
+    for prefix in ["m/", "d/"] {
+        put(&moto, "bkt", &format!("{prefix}in/a.jsonl"), ndjson(0..10).as_bytes(), None);
+        put(&moto, "bkt", &format!("{prefix}in/e.json"), not_json, None);
+        put(&moto, "bkt", &format!("{prefix}in/f.jsonl.gz"), cut, None);
+    }
+    let moving = temp("s3-unreadable-move");
+    let deleting = temp("s3-unreadable-delete");
+    let runs = [
+        (&moving, r#"prefix = "m/in/", poll_interval = 0s, on_done = "move", move_to = "m/done/","#),
+        (
+            &deleting,
+            r#"prefix = "d/in/", poll_interval = 0s, on_done = "delete", checkpoint_key = "d/checkpoint.json","#,
+        ),
+    ];
+    for round in 1..=2 {
+        for (dir, options) in runs {
+            run_to_end(&flow(dir, &moto, options));
+            let all = ids(dir);
+            assert_eq!(all.len(), all.iter().collect::<BTreeSet<_>>().len(), "round {round}: no event twice");
+            let dead = json_lines(&dir.join("dead.jsonl"));
+            assert_eq!(dead.len(), 2, "round {round}: each unreadable object dead-lettered once: {dead:#?}");
+            let good: Vec<i64> = ids(dir).into_iter().filter(|i| *i < 1000).collect();
+            assert_eq!(good, (0..10).collect::<Vec<_>>(), "round {round}: the good object read once");
+        }
     }
 
-    // Nothing read again, nothing dead-lettered again.
-    run_as_user();
-    assert_eq!(ids(&dir).len(), 20, "nothing read twice");
-    assert_eq!(json_lines(&dir.join("dead.jsonl")).len(), 1, "the denied object is not dead-lettered again");
+    let moved = list(&moto, "bkt", "m/");
+    let keys: Vec<&str> = moved.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["m/done/a.jsonl", "m/unreadable/e.json", "m/unreadable/f.jsonl.gz"], "{moved:#?}");
+    assert_eq!(get(&moto, "bkt", "m/unreadable/e.json").as_bytes(), not_json, "moved intact");
+    assert!(list(&moto, "bkt", ".phoenix/").is_empty(), "nothing to record: every object was moved");
+
+    let kept = list(&moto, "bkt", "d/");
+    let keys: Vec<&str> = kept.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        ["d/checkpoint.json", "d/in/e.json", "d/in/f.jsonl.gz"],
+        "the good object deleted, the others kept"
+    );
+    let cp: Value = serde_json::from_str(&get(&moto, "bkt", "d/checkpoint.json")).unwrap();
+    let unreadable: BTreeMap<String, Value> = kept
+        .iter()
+        .filter(|(k, _)| k.starts_with("d/in/"))
+        .map(|(k, v)| (k.clone(), Value::from(v.1.as_str())))
+        .collect();
+    assert_eq!(cp["unreadable"], Value::from(serde_json::Map::from_iter(unreadable)), "{cp}");
+    assert!(cp["done"].as_object().is_some_and(|d| d.is_empty()), "{cp}");
 }

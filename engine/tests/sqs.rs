@@ -8,18 +8,8 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use support::servers::{Moto, python_client};
+use support::servers::{AWS_ENV, Moto, python_client};
 use support::{Guard, lines, phoenix_run, signal, temp, until, wait};
-
-/// Fake credentials and no instance metadata: the AWS chain stops at the environment.
-const AWS_ENV: &[(&str, &str)] = &[
-    ("AWS_ACCESS_KEY_ID", "testing"),
-    ("AWS_SECRET_ACCESS_KEY", "testing"),
-    ("AWS_REGION", "us-east-1"),
-    ("AWS_EC2_METADATA_DISABLED", "true"),
-    ("AWS_CONFIG_FILE", "/nonexistent/phoenix-test"),
-    ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/phoenix-test"),
-];
 
 fn py(args: &[&str], stdin: Option<&[u8]>) -> String {
     python_client(args, stdin, AWS_ENV)

@@ -340,12 +340,18 @@ pub(crate) fn sink_options() -> Vec<OptionSpec> {
             "Attempts per event before it goes to the sink's `.errors` port (0: retry forever).",
         )
         .default("10"),
-        OptionSpec::new("backoff_min", OptionType::Duration, "First retry delay; doubles each attempt, with jitter.")
-            .default("100ms"),
+        OptionSpec::new(
+            "backoff_min",
+            OptionType::Duration,
+            "Shortest retry delay: retry n waits a random time between `backoff_min`·2^(n-1) and \
+             `backoff_min`·2^n (the first between this and twice this) until that reaches `backoff_max`.",
+        )
+        .default("100ms"),
         OptionSpec::new(
             "backoff_max",
             OptionType::Duration,
-            "Longest retry delay before jitter: the jitter adds up to as much again, so a delay may reach twice this.",
+            "Longest retry delay, jitter included: once `backoff_min`·2^n reaches it, retry n waits a \
+             random time between half of it (at least `backoff_min`) and it.",
         )
         .default("30s"),
     ]

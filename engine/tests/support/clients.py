@@ -23,8 +23,9 @@ SQS. Nothing here shares code with Phoenix, so a test that writes with Phoenix a
   clients.py s3-get ENDPOINT BUCKET KEY                          (the object's bytes, gunzipped if its
                                       Content-Encoding is gzip)
   clients.py s3-cat ENDPOINT BUCKET [PREFIX]                     (JSON lines: key, body (gunzipped) of every object)
-  clients.py s3-deny-user ENDPOINT BUCKET KEY                    (an IAM user allowed everything on BUCKET but
-                                      GetObject of KEY; prints its access key as JSON: id, secret)
+  clients.py s3-deny-user ENDPOINT BUCKET KEY [PREFIX]           (an IAM user allowed everything on BUCKET but
+                                      GetObject of KEY, and PutObject under PREFIX if given; prints its
+                                      access key as JSON: id, secret)
   clients.py auth-on ENDPOINT                                    (moto with INITIAL_NO_AUTH_ACTION_COUNT: spends
                                       the requests left unchecked until one is refused; prints how many)
   clients.py s3-download ENDPOINT BUCKET PREFIX                  (lists and downloads every object, 4 at
@@ -245,17 +246,21 @@ def s3_cat(endpoint, bucket, prefix=""):
             print(json.dumps({"key": o["Key"], "body": data.decode("utf-8", "replace")}))
 
 
-def s3_deny_user(endpoint, bucket, key):
+def s3_deny_user(endpoint, bucket, key, put_prefix=None):
     import boto3
 
     iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1")
     iam.create_user(UserName="phoenix-reader")
+    statements = [
+        {"Effect": "Allow", "Action": "s3:*", "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]},
+        {"Effect": "Deny", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{bucket}/{key}"},
+    ]
+    if put_prefix is not None:
+        # moto checks only the destination of a CopyObject (PutObject), where AWS also wants
+        # GetObject on the source: denying the destination refuses the copy as AWS would.
+        statements.append({"Effect": "Deny", "Action": "s3:PutObject", "Resource": f"arn:aws:s3:::{bucket}/{put_prefix}*"})
     iam.put_user_policy(UserName="phoenix-reader", PolicyName="all-but-one", PolicyDocument=json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Action": "s3:*", "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]},
-            {"Effect": "Deny", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{bucket}/{key}"},
-        ]}))
+        "Version": "2012-10-17", "Statement": statements}))
     k = iam.create_access_key(UserName="phoenix-reader")["AccessKey"]
     print(json.dumps({"id": k["AccessKeyId"], "secret": k["SecretAccessKey"]}))
 

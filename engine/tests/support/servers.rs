@@ -93,8 +93,19 @@ impl Drop for Tansu {
     }
 }
 
-/// A moto server (AWS mocks; the tests use SQS). Fake credentials are set by the tests for
-/// their own processes only.
+/// Fake credentials and no instance metadata, so the AWS chain stops at the environment: set by
+/// the tests on their own processes only (the `phoenix` children and [`python_client`]) for a
+/// [`Moto`] server.
+pub const AWS_ENV: &[(&str, &str)] = &[
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_REGION", "us-east-1"),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+    ("AWS_CONFIG_FILE", "/nonexistent/phoenix-test"),
+    ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/phoenix-test"),
+];
+
+/// A moto server (AWS mocks: SQS, S3, IAM). The tests give their own processes [`AWS_ENV`].
 pub struct Moto {
     child: Child,
     port: u16,

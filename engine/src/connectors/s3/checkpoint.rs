@@ -1,11 +1,13 @@
 //! What the `s3` source knows about objects: which are being read, which are finished (and
 //! with which ETag, so an object written again is read again), and which could not be read.
 //!
-//! With `on_done = "checkpoint"` the finished and unreadable objects are also kept in a JSON
-//! object in the bucket, written again after each object finishes (writes that pile up while
-//! one is on its way become one), so a restart skips them. An object is recorded only after
-//! every event of it was acknowledged: a crash before the record is written reads that object
-//! again (duplicates), never skips one.
+//! The finished (with `on_done = "checkpoint"`) and unreadable objects are also kept in a JSON
+//! object in the bucket, written again after each change (writes that pile up while one is on
+//! its way become one), so a restart skips them. With `delete` and `move` finished objects
+//! leave the prefix, so only unreadable ones left in place are written (and the object is
+//! written only when there are such). An object is recorded only after every event of it was
+//! acknowledged: a crash before the record is written reads that object again (duplicates),
+//! never skips one.
 
 use super::client::{Failure, classify, describe};
 use aws_sdk_s3::Client;
@@ -40,13 +42,16 @@ pub struct Record {
 #[derive(Debug, Default)]
 pub struct Book {
     state: Mutex<(Record, HashSet<String>)>,
+    /// Whether finished objects are persisted (`on_done = "checkpoint"`), or only known to
+    /// this run (they are deleted or moved, and only a failed delete or move needs them).
+    keep_done: bool,
     /// Something to persist.
     pub changed: Notify,
 }
 
 impl Book {
-    pub fn new(record: Record) -> Book {
-        Book { state: Mutex::new((record, HashSet::new())), changed: Notify::new() }
+    pub fn new(record: Record, keep_done: bool) -> Book {
+        Book { state: Mutex::new((record, HashSet::new())), keep_done, changed: Notify::new() }
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Record, &mut HashSet<String>) -> T) -> T {
@@ -67,6 +72,11 @@ impl Book {
                 Status::New
             }
         })
+    }
+
+    /// Whether `key` is recorded as finished or unreadable, under any ETag.
+    pub fn knows(&self, key: &str) -> bool {
+        self.with(|r, _| r.done.contains_key(key) || r.unreadable.contains_key(key))
     }
 
     /// Claim `key` for reading; false if it is being read already.
@@ -111,8 +121,13 @@ impl Book {
         }
     }
 
+    /// What the checkpoint object holds.
     pub fn snapshot(&self) -> Record {
-        self.with(|r, _| Record { version: 1, ..r.clone() })
+        self.with(|r, _| Record {
+            version: 1,
+            done: if self.keep_done { r.done.clone() } else { BTreeMap::new() },
+            unreadable: r.unreadable.clone(),
+        })
     }
 }
 
@@ -172,7 +187,7 @@ mod tests {
 
     #[test]
     fn an_object_written_again_is_new() {
-        let b = Book::new(Record::default());
+        let b = Book::new(Record::default(), true);
         assert_eq!(b.status("a", "e1"), Status::New);
         assert!(b.start("a"));
         assert!(!b.start("a"));
@@ -185,5 +200,19 @@ mod tests {
         assert_eq!(b.status("a", "e1"), Status::New);
         b.keep_only(&HashSet::from(["b"]));
         assert_eq!(b.snapshot(), Record { version: 1, ..Record::default() });
+    }
+
+    /// With `delete` or `move`, finished objects are known to the run but not persisted, so
+    /// the checkpoint changes only when an unreadable object is recorded.
+    #[test]
+    fn without_keep_done_only_unreadable_objects_are_persisted() {
+        let b = Book::new(Record::default(), false);
+        b.done("a", "e1");
+        assert!(b.knows("a"));
+        assert_eq!(b.status("a", "e1"), Status::Done);
+        assert_eq!(b.snapshot(), Record { version: 1, ..Record::default() });
+        b.unreadable("bad", "e2");
+        let expected = BTreeMap::from([("bad".to_string(), "e2".to_string())]);
+        assert_eq!(b.snapshot(), Record { version: 1, done: BTreeMap::new(), unreadable: expected });
     }
 }

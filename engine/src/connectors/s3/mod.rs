@@ -75,7 +75,7 @@ pub fn source_spec() -> ConnectorSpec {
                     OptionSpec::new(
                         "on_done",
                         OptionType::Enum(&["checkpoint", "delete", "move"]),
-                        "What happens to an object once every event of it is delivered (written or dead-lettered): `checkpoint` records its key and ETag in `checkpoint_key`; `delete`; `move` it under `move_to`. A restart never reads a finished object again. An object that is not JSON at all (or not valid gzip) is dead-lettered whole and left in place; only `checkpoint` remembers it, so with `delete` or `move` a restart dead-letters it again.",
+                        "What happens to an object once every event of it is delivered (written or dead-lettered): `checkpoint` records its key and ETag in `checkpoint_key`; `delete`; `move` it under `move_to`. A restart never reads a finished object again. An object that cannot be read at all (access denied, not JSON, not valid gzip) is dead-lettered whole, once: with `move` it is moved under `move_unreadable_to`; otherwise, or if it cannot be moved, it is left in place and its key and ETag are recorded in `checkpoint_key` (with `delete` too: data nobody read is not deleted), and it is read again only once it is written again.",
                     )
                     .default("checkpoint"),
                     OptionSpec::new(
@@ -84,9 +84,14 @@ pub fn source_spec() -> ConnectorSpec {
                         "With `on_done = \"move\"`: the prefix finished objects are moved under (the key's part after `prefix` is kept).",
                     ),
                     OptionSpec::new(
+                        "move_unreadable_to",
+                        OptionType::String,
+                        "With `on_done = \"move\"`: the prefix unreadable objects are moved under (the key's part after `prefix` is kept); default `unreadable/` beside `move_to` (`archive/done/` → `archive/unreadable/`).",
+                    ),
+                    OptionSpec::new(
                         "checkpoint_key",
                         OptionType::String,
-                        "With `on_done = \"checkpoint\"`: the object in the bucket that remembers finished objects; default `.phoenix/<source name>.checkpoint.json`.",
+                        "The object in the bucket that remembers finished objects (with `on_done = \"checkpoint\"`) and unreadable ones left in place (always; with `delete` or `move` it is written only once there is one); default `.phoenix/<source name>.checkpoint.json`. It is read at start, so the source needs `s3:GetObject` on it (a missing one is empty).",
                     ),
                     OptionSpec::new(
                         "visibility_timeout",

@@ -9,15 +9,17 @@
 //!   is extended; it is deleted once they are all finished (or gone, or not ours), and made
 //!   visible again at once if one is not.
 //! - **Finished** objects are deleted, moved, or recorded in the checkpoint object
-//!   ([`super::checkpoint`]); an object that cannot be read is dead-lettered once and left in
-//!   place, and (in the checkpoint) not read again until it is written again.
+//!   ([`super::checkpoint`]). An object that cannot be read is dead-lettered once: with
+//!   `move` it is moved under `move_unreadable_to`; otherwise (or when it cannot be moved) it
+//!   is left in place and recorded in the checkpoint object, in every `on_done` mode, so it is
+//!   not read again until it is written again. `delete` never deletes data nobody read.
 //!
 //! On shutdown the source stops finding and reading objects; objects read to the end get up
 //! to `drain_timeout` for their events to be acknowledged and to be finished. Objects not read
 //! to the end are not finished: a restart reads them again (their events read before are the
 //! only duplicates).
 
-use super::checkpoint::{Book, Record, Status, Store};
+use super::checkpoint::{Book, Status, Store};
 use super::client::{BucketConfig, Failure, classify, describe};
 use super::notification::{Notice, parse};
 use super::object::{self, Compression, Format, Outcome, Reading};
@@ -41,8 +43,25 @@ use tracing::{debug, info, warn};
 enum OnDone {
     Checkpoint,
     Delete,
-    /// Under this prefix.
-    Move(String),
+    /// Finished objects under `to`, unreadable ones under `unreadable`.
+    Move {
+        to: String,
+        unreadable: String,
+    },
+}
+
+/// The default `move_unreadable_to`: `unreadable/` beside `move_to` (`archive/done/` →
+/// `archive/unreadable/`), so the two kinds of moved object sit side by side and neither is
+/// under the other.
+fn unreadable_beside(move_to: &str) -> String {
+    let parent = move_to.trim_end_matches('/').rfind('/').map_or("", |i| &move_to[..=i]);
+    format!("{parent}unreadable/")
+}
+
+/// Whether keys under `to` could be listed under `prefix` (objects moved there would be read
+/// again); an empty `prefix` is allowed, since `wanted` skips the move targets.
+fn overlaps(to: &str, prefix: &str) -> bool {
+    to.starts_with(prefix) && !prefix.is_empty() || prefix.starts_with(to)
 }
 
 #[derive(Debug)]
@@ -88,20 +107,25 @@ impl S3Source {
                 let to = options.str("move_to").filter(|p| !p.is_empty()).ok_or_else(|| {
                     bad("`on_done = \"move\"` needs `move_to`, the prefix to move finished objects under".into())
                 })?;
-                if to.starts_with(&prefix) && !prefix.is_empty() || prefix.starts_with(to) {
-                    return Err(bad(format!(
-                        "option `move_to` (`{to}`) must not overlap `prefix` (`{prefix}`): moved objects would be read again"
-                    )));
+                let unreadable = match options.str("move_unreadable_to").filter(|p| !p.is_empty()) {
+                    Some(u) => u.to_string(),
+                    None => unreadable_beside(to),
+                };
+                for (option, target) in [("move_to", to), ("move_unreadable_to", unreadable.as_str())] {
+                    if overlaps(target, &prefix) {
+                        return Err(bad(format!(
+                            "option `{option}` (`{target}`) must not overlap `prefix` (`{prefix}`): moved objects would be read again"
+                        )));
+                    }
                 }
-                OnDone::Move(to.to_string())
+                OnDone::Move { to: to.to_string(), unreadable }
             }
             _ => OnDone::Checkpoint,
         };
-        if on_done != OnDone::Checkpoint && options.str("checkpoint_key").is_some() {
-            return Err(bad("option `checkpoint_key` is only used with `on_done = \"checkpoint\"`".into()));
-        }
-        if !matches!(on_done, OnDone::Move(_)) && options.str("move_to").is_some() {
-            return Err(bad("option `move_to` is only used with `on_done = \"move\"`".into()));
+        for option in ["move_to", "move_unreadable_to"] {
+            if !matches!(on_done, OnDone::Move { .. }) && options.str(option).is_some() {
+                return Err(bad(format!("option `{option}` is only used with `on_done = \"move\"`")));
+            }
         }
         let notifications = match options.str("notifications").filter(|u| !u.is_empty()) {
             Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
@@ -141,8 +165,8 @@ struct Shared {
     format: Format,
     compression: Compression,
     on_done: OnDone,
-    /// The checkpoint object's key (with `on_done = "checkpoint"`).
-    checkpoint: Option<String>,
+    /// The checkpoint object's key (every `on_done` mode records unreadable objects there).
+    checkpoint: String,
     book: Book,
 }
 
@@ -151,8 +175,9 @@ impl Shared {
     fn wanted(&self, key: &str) -> bool {
         key.starts_with(&self.prefix)
             && !key.ends_with('/')
-            && self.checkpoint.as_deref() != Some(key)
-            && !matches!(&self.on_done, OnDone::Move(to) if key.starts_with(to.as_str()))
+            && self.checkpoint != key
+            && !matches!(&self.on_done, OnDone::Move { to, unreadable }
+                if key.starts_with(to.as_str()) || key.starts_with(unreadable.as_str()))
             && self.glob.as_ref().is_none_or(|g| {
                 g.matches_with(key, glob::MatchOptions { require_literal_separator: true, ..Default::default() })
             })
@@ -182,8 +207,7 @@ impl Shared {
                 Ok(())
             }
             Outcome::Unreadable { etag, reason } => {
-                warn!(source = %self.name, key, "dead-lettered the whole object, left in place: {reason}");
-                self.book.unreadable(key, &etag);
+                self.set_aside(key, &etag, &reason).await;
                 Ok(())
             }
             Outcome::Gone => {
@@ -198,14 +222,47 @@ impl Shared {
         }
     }
 
+    /// An object dead-lettered whole: with `move`, moved under `move_unreadable_to`, so the
+    /// prefix holds only what is still to read; otherwise, or if it cannot be moved (read
+    /// access denied usually denies the copy too), left in place and recorded in the
+    /// checkpoint, so a restart does not dead-letter it again. `delete` keeps it: deleting data
+    /// nobody could read would lose it.
+    async fn set_aside(&self, key: &str, etag: &str, reason: &str) {
+        let not_moved = match &self.on_done {
+            OnDone::Move { unreadable, .. } => {
+                let target = self.moved_key(unreadable, key);
+                match self.copy(key, &target).await {
+                    Ok(()) => match self.delete(key).await {
+                        Ok(()) => {
+                            warn!(source = %self.name, key, to = %target, "dead-lettered the whole object, moved aside: {reason}");
+                            // Gone from the prefix: nothing to remember.
+                            self.book.abandon(key);
+                            return;
+                        }
+                        Err(e) => format!(" (copied to `{target}`, but not deleted: {e})"),
+                    },
+                    Err(e) => format!(" (cannot be moved to `{target}`: {e})"),
+                }
+            }
+            OnDone::Checkpoint | OnDone::Delete => String::new(),
+        };
+        warn!(source = %self.name, key, "dead-lettered the whole object, left in place and recorded{not_moved}: {reason}");
+        self.book.unreadable(key, etag);
+    }
+
+    /// Where an object moved under `to` goes: the key's part after `prefix`, under `to`.
+    fn moved_key(&self, to: &str, key: &str) -> String {
+        format!("{to}{}", key.strip_prefix(self.prefix.as_str()).unwrap_or(key))
+    }
+
     /// Delete or move a finished object. A failure is logged: the object stays in the book
     /// as finished, and the next listing that still shows it tries again.
     async fn on_done(&self, key: &str) {
         let result = match &self.on_done {
             OnDone::Checkpoint => return,
             OnDone::Delete => self.delete(key).await,
-            OnDone::Move(to) => {
-                let target = format!("{to}{}", key.strip_prefix(self.prefix.as_str()).unwrap_or(key));
+            OnDone::Move { to, .. } => {
+                let target = self.moved_key(to, key);
                 self.copy(key, &target).await.and(self.delete(key).await)
             }
         };
@@ -279,18 +336,13 @@ impl Source for S3Source {
     fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), ConnectorError>> {
         Box::pin(async move {
             let client = self.bucket.client(Duration::from_secs(60)).await;
-            let checkpoint = (self.on_done == OnDone::Checkpoint).then(|| {
-                self.checkpoint_key.clone().unwrap_or_else(|| format!(".phoenix/{}.checkpoint.json", ctx.name))
-            });
-            let store = checkpoint.as_ref().map(|key| Store {
-                client: client.clone(),
-                bucket: self.bucket.bucket.clone(),
-                key: key.clone(),
-            });
-            let record = match &store {
-                Some(s) => s.load().await.map_err(ConnectorError::new)?,
-                None => Record::default(),
-            };
+            let checkpoint =
+                self.checkpoint_key.clone().unwrap_or_else(|| format!(".phoenix/{}.checkpoint.json", ctx.name));
+            let store = Store { client: client.clone(), bucket: self.bucket.bucket.clone(), key: checkpoint.clone() };
+            let record = store.load().await.map_err(ConnectorError::new)?;
+            // With `delete` or `move` a finished object leaves the prefix, so only unreadable
+            // ones need remembering: the checkpoint is then written only when one is recorded.
+            let keep_done = self.on_done == OnDone::Checkpoint;
             let shared = Arc::new(Shared {
                 name: ctx.name.clone(),
                 client,
@@ -301,10 +353,10 @@ impl Source for S3Source {
                 compression: self.compression,
                 on_done: self.on_done.clone(),
                 checkpoint,
-                book: Book::new(record),
+                book: Book::new(record, keep_done),
             });
             let saved = CancellationToken::new();
-            let writer = store.map(|s| tokio::spawn(keep_saved(shared.clone(), s, saved.clone())));
+            let writer = tokio::spawn(keep_saved(shared.clone(), store, saved.clone()));
             let ctx = Arc::new(ctx);
             let slots = Arc::new(Semaphore::new(self.concurrency));
             let mut tasks: JoinSet<Result<(), String>> = JoinSet::new();
@@ -339,9 +391,7 @@ impl Source for S3Source {
                 }
             }
             saved.cancel();
-            if let Some(w) = writer {
-                let _ = w.await;
-            }
+            let _ = writer.await;
             found
         })
     }
@@ -570,12 +620,14 @@ async fn handle_message(
             let mut unfinished = None;
             for c in created.iter().filter(|c| c.bucket == shared.bucket && shared.wanted(&c.key)) {
                 // A notification for an object being read for another one (a duplicate), or
-                // finished already, needs nothing more.
-                if shared.on_done == OnDone::Checkpoint
-                    && let Ok(head) = shared.client.head_object().bucket(&shared.bucket).key(&c.key).send().await
-                    && shared.book.status(&c.key, head.e_tag().unwrap_or_default().trim_matches('"')) == Status::Done
-                {
-                    continue;
+                // finished or recorded unreadable already, needs nothing more. An object whose
+                // HEAD is refused too (access denied) was recorded without an ETag.
+                if shared.book.knows(&c.key) {
+                    let head = shared.client.head_object().bucket(&shared.bucket).key(&c.key).send().await;
+                    let etag = head.as_ref().ok().and_then(|h| h.e_tag()).unwrap_or_default().trim_matches('"');
+                    if matches!(shared.book.status(&c.key, etag), Status::Done | Status::Unreadable) {
+                        continue;
+                    }
                 }
                 if !shared.book.start(&c.key) {
                     continue;
@@ -606,5 +658,22 @@ async fn handle_message(
             sqs::change_visibility(&queue, &handles, 0).await;
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{overlaps, unreadable_beside};
+
+    #[test]
+    fn unreadable_objects_go_beside_the_finished_ones() {
+        assert_eq!(unreadable_beside("archive/done/"), "archive/unreadable/");
+        assert_eq!(unreadable_beside("done/"), "unreadable/");
+        assert_eq!(unreadable_beside("done"), "unreadable/");
+        assert_eq!(unreadable_beside("a/b/done-"), "a/b/unreadable/");
+        // Reading `unreadable/` itself: the default would be read again, so it is refused and
+        // `move_unreadable_to` must be given.
+        assert!(overlaps(&unreadable_beside("done/"), "unreadable/"));
+        assert!(!overlaps("unreadable/", ""), "an empty prefix skips the move targets instead");
     }
 }
