@@ -17,13 +17,11 @@ pub const MAX_DEPTH: usize = 256;
 
 /// Parse one file. On a syntax error, returns the diagnostic (one: pest stops at the first).
 pub fn parse(file: FileId, text: &str) -> Result<Module, Vec<Diagnostic>> {
-    // Lets pest report the punctuation it expected (`,`, `}`), not only rule names.
-    pest::set_error_detail(true);
     let lexed = Lexed::scan(file, text);
     if let Some(d) = lexed.too_deep {
         return Err(vec![d]);
     }
-    let mut pairs = Grammar::parse(Rule::file, text).map_err(|e| vec![syntax_error(file, text, &lexed, e)])?;
+    let mut pairs = pest_parse(text).map_err(|e| vec![syntax_error(file, text, &lexed, e)])?;
     let mut b = Builder { file, errors: Vec::new(), comments: lexed.comments };
     let mut module = Module::default();
     if let Some(file_pair) = pairs.next() {
@@ -37,6 +35,23 @@ pub fn parse(file: FileId, text: &str) -> Result<Module, Vec<Diagnostic>> {
         }
     }
     if b.errors.is_empty() { Ok(module) } else { Err(b.errors) }
+}
+
+/// Serializes the parses that turn pest's error detail on: it is a process-wide switch.
+static ERROR_DETAIL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// pest's parse of a whole file. Error detail (the punctuation it expected, `,` or `}`, not only
+/// rule names) records every failed attempt as it goes: 2.6 times the instructions (an allocation
+/// on each attempt): only a text that fails is parsed again with it on, for the diagnostic. A
+/// parse that overlaps a detailed one on another thread is only slower, never different.
+fn pest_parse(text: &str) -> Result<pest::iterators::Pairs<'_, Rule>, pest::error::Error<Rule>> {
+    Grammar::parse(Rule::file, text).or_else(|_| {
+        let _one = ERROR_DETAIL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        pest::set_error_detail(true);
+        let detailed = Grammar::parse(Rule::file, text);
+        pest::set_error_detail(false);
+        detailed
+    })
 }
 
 /// What one pass over the raw text finds before pest runs: comments (kept out of spans),
