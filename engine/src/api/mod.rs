@@ -122,6 +122,9 @@ fn change_error(e: ChangeError) -> Response {
     match e {
         ChangeError::Store(e) => store_error(e),
         ChangeError::ShuttingDown => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        // The request was fine and the running flow is kept; the machine is in the way (a port
+        // another flow holds, an input that is missing).
+        ChangeError::NotStarted(_) => error(StatusCode::CONFLICT, e.to_string()),
     }
 }
 
