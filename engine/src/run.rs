@@ -216,14 +216,21 @@ impl Prepared {
         for (plan, (source, options)) in graph.sources.iter().zip(sources) {
             let stats = metrics.nodes[plan.node.index()].clone();
             let (tx, rx) = mpsc::channel::<RawBatch>(raw_queue(config.workers));
-            let ctx =
-                SourceContext::new(plan.name.clone(), plan.stream.clone(), options, tx, shutdown.clone(), stats.clone())
-                    .map_err(|error| RunError::Connector { node: plan.title.clone(), error })?
-                    .with_metadata_read(plan.decoder.metadata_read())
-                    .with_connected(config.readiness.register(&plan.title));
+            let ctx = SourceContext::new(
+                plan.name.clone(),
+                plan.stream.clone(),
+                options,
+                tx,
+                shutdown.clone(),
+                stats.clone(),
+            )
+            .map_err(|error| RunError::Connector { node: plan.title.clone(), error })?
+            .with_metadata_read(plan.decoder.metadata_read())
+            .with_connected(config.readiness.register(&plan.title));
             let title = plan.title.clone();
-            source_tasks
-                .spawn(async move { source.run(ctx).await.map_err(|error| RunError::Connector { node: title, error }) });
+            source_tasks.spawn(async move {
+                source.run(ctx).await.map_err(|error| RunError::Connector { node: title, error })
+            });
             let rx = Arc::new(Mutex::new(rx));
             let logged = Arc::new(AtomicU64::new(0));
             for _ in 0..config.workers {

@@ -91,7 +91,11 @@ impl Load {
                     let ids: Vec<i64> = (start..start + 25).map(|i| KAFKA_IDS + i).collect();
                     let body: String = ids.iter().map(|id| format!("{{\"id\":{id}}}\n")).collect();
                     // Delivered (acknowledged by the broker) when the client returns.
-                    python_client(&["kafka-produce", &brokers, "in", "2", &start.to_string()], Some(body.as_bytes()), &[]);
+                    python_client(
+                        &["kafka-produce", &brokers, "in", "2", &start.to_string()],
+                        Some(body.as_bytes()),
+                        &[],
+                    );
                     produced.extend(ids);
                     std::thread::sleep(Duration::from_millis(100));
                 }
@@ -130,7 +134,8 @@ fn written(path: &Path) -> BTreeMap<i64, Vec<String>> {
 fn check(out: &Path, acked: &[i64], failed: &[String], produced: &[i64], what: &str) {
     assert!(failed.is_empty(), "{} HTTP requests failed during {SWAPS} {what}: {failed:?}", failed.len());
     let by_id = written(out);
-    let http_twice: Vec<(&i64, &Vec<String>)> = by_id.iter().filter(|(id, v)| **id < KAFKA_IDS && v.len() > 1).collect();
+    let http_twice: Vec<(&i64, &Vec<String>)> =
+        by_id.iter().filter(|(id, v)| **id < KAFKA_IDS && v.len() > 1).collect();
     assert!(http_twice.is_empty(), "HTTP events written twice: {http_twice:?}");
     let lost: Vec<&i64> = acked.iter().filter(|id| !by_id.contains_key(id)).collect();
     assert!(lost.is_empty(), "acknowledged HTTP events not written: {lost:?}");

@@ -283,7 +283,8 @@ impl Flows {
                 tracing::error!(flow = %name, "the new version failed before it was up; the running flow is kept: {e}");
                 old_current.store(true, Ordering::Release);
                 self.store.set_status(name, FlowStatus::Running);
-                self.running().insert(name.to_string(), Deployed { generation, baseline: old_baseline, current: old_current });
+                self.running()
+                    .insert(name.to_string(), Deployed { generation, baseline: old_baseline, current: old_current });
                 Err(ChangeError::NotStarted(e))
             }
         }
@@ -349,12 +350,8 @@ impl Flows {
         config.settings = self.settings.clone();
         config.owner = crate::connectors::Owner::version_of(name);
         let generation = swap::launch(&plan, &sources, &self.catalog, &self.metrics, running, config)?;
-        let baseline = generation
-            .metrics
-            .nodes
-            .iter()
-            .map(|n| [n.events_in.get(), n.events_out.get(), n.errors.get()])
-            .collect();
+        let baseline =
+            generation.metrics.nodes.iter().map(|n| [n.events_in.get(), n.events_out.get(), n.errors.get()]).collect();
         let current = Arc::new(AtomicBool::new(true));
         if running.is_none() {
             self.store.set_status(name, FlowStatus::Running);

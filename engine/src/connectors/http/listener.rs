@@ -112,7 +112,11 @@ pub fn claim(address: &str, owner: &Owner) -> Result<Claim, ConnectorError> {
     let shared = Arc::new(Shared {
         addr,
         flow: owner.flow.clone(),
-        state: Mutex::new(SocketState { claims: vec![owner.version], listener: Some(listener), ..SocketState::default() }),
+        state: Mutex::new(SocketState {
+            claims: vec![owner.version],
+            listener: Some(listener),
+            ..SocketState::default()
+        }),
         changes: watch::Sender::new(0),
     });
     all.insert(addr, Arc::downgrade(&shared));
