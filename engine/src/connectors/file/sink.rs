@@ -285,4 +285,49 @@ mod tests {
         assert_eq!(got[4000], "{\"last\":1}");
         std::fs::remove_file(&path).ok();
     }
+
+    /// Two versions of a flow writing one path (make-before-break): the second neither
+    /// truncates nor starts a new line, and their buffers never interleave inside a line.
+    #[tokio::test]
+    async fn two_sinks_of_one_path_share_it_whole_lines_only() {
+        let path = std::env::temp_dir().join(format!("phoenix-file-sink-shared-{}.jsonl", std::process::id()));
+        let written = vec![
+            ("path".to_string(), OptionValue::String(path.display().to_string())),
+            ("append".to_string(), OptionValue::Bool(false)),
+        ];
+        let options = Options::resolve("out", &super::super::sink_spec(), &written, &Settings::default()).unwrap();
+        let mut old = FileSink::new(&options).unwrap();
+        old.write(&batch(&["{\"v\":0}"])).await.unwrap();
+        old.flush().await.unwrap();
+        let mut new = FileSink::new(&options).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"v\":0}\n", "not truncated");
+        let (a, b) = (
+            format!("{{\"v\":1,\"pad\":\"{}\"}}", "a".repeat(3000)),
+            format!("{{\"v\":2,\"pad\":\"{}\"}}", "b".repeat(3000)),
+        );
+        let (la, lb): (Vec<&str>, Vec<&str>) = (vec![a.as_str(); 100], vec![b.as_str(); 100]);
+        async fn write(sink: &mut FileSink, lines: Vec<&str>) {
+            let batch = batch(&lines);
+            for _ in 0..20 {
+                sink.write(&batch).await.unwrap();
+            }
+            sink.flush().await.unwrap();
+        }
+        tokio::join!(write(&mut old, la), write(&mut new, lb));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4001);
+        assert_eq!(lines.iter().filter(|l| **l == a).count(), 2000);
+        assert_eq!(lines.iter().filter(|l| **l == b).count(), 2000);
+
+        // A line left unfinished by one sink holds the other back until it is finished, or
+        // its sink is gone (then the next write starts a new line).
+        lock(&old.file.state).torn_by = Some(old.id);
+        new.write(&batch(&["{\"v\":3}"])).await.unwrap();
+        assert!(new.flush().await.is_err(), "waits for the other sink's line");
+        drop(old);
+        new.flush().await.unwrap();
+        assert!(std::fs::read_to_string(&path).unwrap().ends_with("}\n\n{\"v\":3}\n"));
+        std::fs::remove_file(&path).ok();
+    }
 }

@@ -246,3 +246,81 @@ fn unavailable() -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({ "error": super::source::STOPPING })))
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpStream;
+
+    fn answering(text: &'static str) -> Router {
+        Router::new().fallback(move || async move { text })
+    }
+
+    /// One GET on a kept-alive connection; the body.
+    async fn get(conn: &mut BufReader<TcpStream>) -> String {
+        conn.get_mut().write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            conn.read_line(&mut line).await.unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        conn.read_exact(&mut body).await.unwrap();
+        String::from_utf8(body).unwrap()
+    }
+
+    #[test]
+    fn only_another_version_of_the_same_flow_takes_a_socket_over() {
+        let (a, b) = (Owner::version_of("a"), Owner::version_of("b"));
+        let mut first = claim("127.0.0.1:0", &a).unwrap();
+        let addr = first.local_addr().to_string();
+        let err = claim(&addr, &b).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("cannot listen on {addr}: address in use (by another flow of this process)")
+        );
+        let err = claim(&addr, &a).unwrap_err();
+        assert!(err.to_string().ends_with("(by another source of this flow)"), "{err}");
+        let mut next = claim(&addr, &Owner::version_of("a")).unwrap();
+        assert_eq!(next.local_addr(), first.local_addr());
+        assert!(first.release().is_none());
+        assert!(std::net::TcpListener::bind(&addr).is_err(), "still bound for the next version");
+        drop(next.release());
+        std::net::TcpListener::bind(&addr).expect("closed with the last claim");
+    }
+
+    #[tokio::test]
+    async fn requests_go_to_the_version_in_service_on_kept_connections() {
+        let mut old = claim("127.0.0.1:0", &Owner::version_of("f")).unwrap();
+        let addr = old.local_addr();
+        old.serve(answering("old")).unwrap();
+        let mut conn = BufReader::new(TcpStream::connect(addr).await.unwrap());
+        assert_eq!(get(&mut conn).await, "old");
+        let mut new = claim(&addr.to_string(), &Owner::version_of("f")).unwrap();
+        // Claimed but not yet serving: the old version still answers.
+        assert_eq!(get(&mut conn).await, "old");
+        new.serve(answering("new")).unwrap();
+        assert_eq!(get(&mut conn).await, "new", "the next request of a kept connection");
+        assert!(old.release().is_none());
+        assert_eq!(get(&mut conn).await, "new", "the connection outlives the old version");
+        // With no version in service a request waits for one.
+        let mut last = claim(&addr.to_string(), &Owner::version_of("f")).unwrap();
+        assert!(new.release().is_none());
+        let waiting = tokio::spawn(async move { get(&mut conn).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished());
+        last.serve(answering("last")).unwrap();
+        assert_eq!(waiting.await.unwrap(), "last");
+        let server = last.release().expect("the last claim ends the server");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(TcpStream::connect(addr).await.is_err(), "closed with the last claim");
+        server.abort();
+    }
+}
