@@ -190,6 +190,11 @@ enum Command {
         /// (the same plus a record and a list: the validator, then arrow-json).
         #[arg(long, value_enum, default_value_t = crate::bench::Shape::Flat)]
         schema: crate::bench::Shape,
+        /// Instead: generate → where → select → file for SECONDS never replaced, then for
+        /// SECONDS replaced by a new version of itself every second (make-before-break, as a
+        /// PUT or SIGHUP does); prints events/s each way and how long a replacement takes.
+        #[arg(long, value_name = "SECONDS", conflicts_with_all = ["sink", "source"])]
+        reload: Option<u64>,
     },
     /// Print the PhoenixFlow resource of a flow as YAML (for GitOps or `kubectl apply -f -`);
     /// `--expand` adds the objects the controller makes of it.
@@ -471,7 +476,7 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
             }
             Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
-        Command::Bench { sink, source, endpoint, objects, brokers, events, workers, dir, runs, schema } => {
+        Command::Bench { sink, source, endpoint, objects, brokers, events, workers, dir, runs, schema, reload } => {
             anyhow::ensure!(
                 source == BenchSource::File || sink == BenchSink::File,
                 "`--source s3` writes to a file: drop `--sink`"
@@ -486,6 +491,9 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
             }
             let workers = workers.unwrap_or_else(default_workers);
             let report = match sink {
+                _ if reload.is_some() => runtime()?
+                    .block_on(crate::bench::reload::run_bench(&dir, reload.unwrap_or(10), workers))
+                    .map(|r| r.to_string()),
                 BenchSink::File if source == BenchSource::S3 => {
                     let endpoint = endpoint.context(
                         "`--source s3` needs an S3 server: `--endpoint URL` or `AWS_ENDPOINT_URL` \
