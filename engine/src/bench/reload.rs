@@ -119,10 +119,11 @@ async fn phase(dir: &Path, seconds: u64, workers: usize, replace: bool) -> anyho
     // holds what every version wrote.
     let written = current.metrics.nodes[sink].clone();
     let mut swaps = Vec::new();
-    while replace {
+    // Replaced: a new version a second after the last replacement ended, until the end.
+    while replace && Instant::now() < end {
         tokio::time::sleep_until((Instant::now() + Duration::from_secs(1)).min(end).into()).await;
         if Instant::now() >= end {
-            break;
+            continue;
         }
         let at = Instant::now();
         let next = swap::launch(&plan, &c.sources, &catalog, &root, Some(&current.metrics), config())?;
