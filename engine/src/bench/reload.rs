@@ -119,22 +119,25 @@ async fn phase(dir: &Path, seconds: u64, workers: usize, replace: bool) -> anyho
     // holds what every version wrote.
     let written = current.metrics.nodes[sink].clone();
     let mut swaps = Vec::new();
-    // Replaced: a new version a second after the last replacement ended, until the end.
-    while replace && Instant::now() < end {
-        tokio::time::sleep_until((Instant::now() + Duration::from_secs(1)).min(end).into()).await;
-        if Instant::now() >= end {
-            continue;
-        }
-        let at = Instant::now();
-        let next = swap::launch(&plan, &c.sources, &catalog, &root, Some(&current.metrics), config())?;
-        current = match swap::replace(current, next, &ready).await {
-            Ok((next, old)) => {
-                old.map_err(|e| anyhow::anyhow!("a replaced version failed: {e}"))?;
-                next
+    // Replaced: a new version a second after the last replacement ended, until the end (at
+    // least once, however slow the machine).
+    if replace {
+        loop {
+            tokio::time::sleep_until((Instant::now() + Duration::from_secs(1)).min(end).into()).await;
+            let at = Instant::now();
+            let next = swap::launch(&plan, &c.sources, &catalog, &root, Some(&current.metrics), config())?;
+            current = match swap::replace(current, next, &ready).await {
+                Ok((next, old)) => {
+                    old.map_err(|e| anyhow::anyhow!("a replaced version failed: {e}"))?;
+                    next
+                }
+                Err((_, e)) => anyhow::bail!("a new version failed to start: {e}"),
+            };
+            swaps.push(at.elapsed());
+            if Instant::now() >= end {
+                break;
             }
-            Err((_, e)) => anyhow::bail!("a new version failed to start: {e}"),
-        };
-        swaps.push(at.elapsed());
+        }
     }
     tokio::time::sleep_until(end.into()).await;
     current.stop(&ready, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
