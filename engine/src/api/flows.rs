@@ -281,6 +281,8 @@ impl Flows {
             }
             Err((generation, e)) => {
                 tracing::error!(flow = %name, "the new version failed before it was up; the running flow is kept: {e}");
+                // Its ending must not be reported as the flow's status: the old version runs.
+                current.store(false, Ordering::Release);
                 old_current.store(true, Ordering::Release);
                 self.store.set_status(name, FlowStatus::Running);
                 self.running()
