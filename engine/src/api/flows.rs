@@ -95,6 +95,9 @@ struct Deployed {
     current: Arc<AtomicBool>,
 }
 
+/// A version's counters and their values when it started.
+type Counted = (Arc<Metrics>, Vec<[u64; 3]>);
+
 /// The flows of one process over a [`FlowStore`].
 #[derive(Debug)]
 pub struct Flows {
@@ -107,6 +110,9 @@ pub struct Flows {
     workers: usize,
     settings: Settings,
     running: Mutex<HashMap<String, Deployed>>,
+    /// The counters and baseline of a version being replaced (out of `running` while the swap
+    /// owns it), so `GET /api/v1/flows/{name}` shows its counts meanwhile.
+    swapping: Mutex<HashMap<String, Counted>>,
     /// Set (under `changes`) when the process starts draining: later changes are refused, so
     /// no flow starts after the drain and dies undrained at exit.
     closing: AtomicBool,
@@ -130,6 +136,7 @@ impl Flows {
             workers,
             settings,
             running: Mutex::new(HashMap::new()),
+            swapping: Mutex::new(HashMap::new()),
             closing: AtomicBool::new(false),
             changes: tokio::sync::Mutex::new(()),
         }
@@ -271,8 +278,11 @@ impl Flows {
         old.current.store(false, Ordering::Release);
         tracing::info!(flow = %name, "draining the flow");
         let Deployed { generation: old_generation, baseline: old_baseline, current: old_current } = old;
+        self.swapping().insert(name.to_string(), (old_generation.metrics.clone(), old_baseline.clone()));
         let Deployed { generation, baseline, current } = next;
-        match swap::replace(old_generation, generation, &self.readiness).await {
+        let swapped = swap::replace(old_generation, generation, &self.readiness).await;
+        self.swapping().remove(name);
+        match swapped {
             Ok((generation, _)) => {
                 tracing::info!(flow = %name, "flow stopped");
                 self.store.set_status(name, status_now(&generation));
@@ -312,14 +322,15 @@ impl Flows {
 
     /// The counters of `name`'s nodes, if it has run in this process.
     pub fn counts(&self, name: &str) -> Option<Vec<NodeCounts>> {
-        let running = self.running();
-        let d = running.get(name)?;
+        let (metrics, baseline) = match self.running().get(name) {
+            Some(d) => (d.generation.metrics.clone(), d.baseline.clone()),
+            None => self.swapping().get(name).cloned()?,
+        };
         Some(
-            d.generation
-                .metrics
+            metrics
                 .nodes
                 .iter()
-                .zip(&d.baseline)
+                .zip(&baseline)
                 .map(|(n, [events_in, events_out, errors])| NodeCounts {
                     node: n.title.clone(),
                     at: n.at.clone(),
@@ -329,6 +340,10 @@ impl Flows {
                 })
                 .collect(),
         )
+    }
+
+    fn swapping(&self) -> std::sync::MutexGuard<'_, HashMap<String, Counted>> {
+        self.swapping.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// [`Flows::start`] for a flow that is not running: a version that cannot start is stored
