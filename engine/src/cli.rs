@@ -5,11 +5,11 @@ use crate::cluster::crd::PhoenixFlow;
 use crate::observability::logging::{self, LogFormat};
 use crate::observability::metrics::Metrics;
 use crate::observability::progress;
-use crate::observability::readiness::Readiness;
 use crate::observability::server::{self, Health};
 use crate::options::Settings;
 use crate::reload::{WATCH_POLL, Watched};
-use crate::run::{self as engine_run, RunConfig, SINK_QUEUE, default_workers};
+use crate::run::{RunConfig, SINK_QUEUE, default_workers};
+use crate::swap;
 use crate::taskgraph::{TaskGraph, node_labels};
 use crate::testing;
 use crate::{EngineCatalog, FsLoader};
@@ -196,6 +196,11 @@ enum Command {
         /// (the same plus a record and a list: the validator, then arrow-json).
         #[arg(long, value_enum, default_value_t = crate::bench::Shape::Flat)]
         schema: crate::bench::Shape,
+        /// Instead: generate → where → select → file for SECONDS never replaced, then for
+        /// SECONDS replaced by a new version of itself every second (make-before-break, as a
+        /// PUT or SIGHUP does); prints events/s each way and how long a replacement takes.
+        #[arg(long, value_name = "SECONDS", conflicts_with_all = ["sink", "source"])]
+        reload: Option<u64>,
     },
     /// Print the PhoenixFlow resource of a flow as YAML (for GitOps or `kubectl apply -f -`);
     /// `--expand` adds the objects the controller makes of it.
@@ -488,7 +493,7 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
             }
             Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
-        Command::Bench { sink, source, endpoint, objects, brokers, events, workers, dir, runs, schema } => {
+        Command::Bench { sink, source, endpoint, objects, brokers, events, workers, dir, runs, schema, reload } => {
             anyhow::ensure!(
                 source == BenchSource::File || sink == BenchSink::File,
                 "`--source s3` writes to a file: drop `--sink`"
@@ -503,6 +508,9 @@ fn run(command: Command, color: bool) -> anyhow::Result<ExitCode> {
             }
             let workers = workers.unwrap_or_else(default_workers);
             let report = match sink {
+                _ if reload.is_some() => runtime()?
+                    .block_on(crate::bench::reload::run_bench(&dir, reload.unwrap_or(10), workers))
+                    .map(|r| r.to_string()),
                 BenchSink::File if source == BenchSource::S3 => {
                     let endpoint = endpoint.context(
                         "`--source s3` needs an S3 server: `--endpoint URL` or `AWS_ENDPOINT_URL` \
@@ -763,42 +771,35 @@ struct RunFlow {
     progress: bool,
 }
 
-/// One version of the flow, running: a reload drains it and starts the next.
+/// One version of the flow, running (a reload swaps in the next, [`swap::replace`]), with
+/// its live table.
 struct Generation {
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), engine_run::RunError>>,
-    metrics: Arc<Metrics>,
-    readiness: Readiness,
+    version: swap::Generation,
     display: Option<(tokio::task::JoinHandle<()>, CancellationToken)>,
 }
 
 impl RunFlow {
-    /// Start `plan` with counters beside `root`'s (so `/metrics` shows it) and a readiness
-    /// under `ready`; it drains when `stopping` is cancelled, or on its own token.
+    /// Build, open and start `plan` with counters beside `root`'s; it drains when `stopping`
+    /// is cancelled, or when it is replaced. Its readiness is not yet under the process's.
     fn start(
         &self,
         plan: &Plan,
         sources: &SourceMap,
         root: &Metrics,
-        ready: &Readiness,
+        running: Option<&Metrics>,
         stopping: &CancellationToken,
-    ) -> anyhow::Result<Generation> {
-        let metrics = Arc::new(root.sibling(node_labels(plan, sources)));
-        let graph = TaskGraph::build(plan, sources, &metrics)?;
-        let readiness = Readiness::new();
-        ready.add_child(readiness.clone());
+    ) -> Result<Generation, swap::LaunchError> {
         let mut config = RunConfig::new(self.workers);
         config.settings = self.settings.clone();
-        config.readiness = readiness.clone();
         config.shutdown = stopping.child_token();
-        let shutdown = config.shutdown.clone();
+        // Every version of `phoenix run`'s one flow hands its `http` sockets to the next.
+        config.owner = crate::connectors::Owner::version_of("phoenix run");
+        let version = swap::launch(plan, sources, &self.catalog, root, running, config)?;
         let display = self.progress.then(|| {
             let stop = CancellationToken::new();
-            (progress::spawn(metrics.clone(), stop.clone()), stop)
+            (progress::spawn(version.metrics.clone(), stop.clone()), stop)
         });
-        let (catalog, m) = (self.catalog.clone(), metrics.clone());
-        let task = tokio::spawn(async move { engine_run::run(graph, &catalog, m, config).await });
-        Ok(Generation { shutdown, task, metrics, readiness, display })
+        Ok(Generation { version, display })
     }
 
     /// The flow compiled again, its diagnostics logged; `None` (the running flow is kept) if
@@ -830,18 +831,9 @@ impl RunFlow {
 }
 
 impl Generation {
-    /// Drain it as on SIGTERM and wait until it has stopped; its counters and readiness go.
-    async fn stop(mut self, ready: &Readiness) -> Result<(), engine_run::RunError> {
-        self.shutdown.cancel();
-        let result = (&mut self.task).await.unwrap_or_else(|e| Err(engine_run::RunError::Internal(e.to_string())));
-        self.end(ready).await;
-        result
-    }
-
-    async fn end(self, ready: &Readiness) {
-        ready.remove_child(&self.readiness);
-        self.metrics.forget();
-        if let Some((display, stop)) = self.display {
+    /// Its live table stops (the next version's takes over).
+    async fn end_display(&mut self) {
+        if let Some((display, stop)) = self.display.take() {
             stop.cancel();
             let _ = display.await;
         }
@@ -910,16 +902,27 @@ async fn run_flow(run: RunFlow, plan: Plan, sources: SourceMap, metrics_address:
     };
     let mut hup = hangups();
     let mut watched = Watched::of(&sources);
-    let mut current = run.start(&plan, &sources, &root, &ready, &stopping)?;
+    let mut current = match run.start(&plan, &sources, &root, None, &stopping) {
+        Ok(g) => g,
+        Err(e) => {
+            // A connector that cannot start (a port in use, a missing input), as at any start.
+            served.cancel();
+            signals.abort();
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    ready.add_child(current.version.readiness.clone());
     ready.started();
     let mut poll = tokio::time::interval(WATCH_POLL);
     // The run's outcome, and the counters of the version that ran last (for the summary).
     let (result, last) = loop {
         let reload = tokio::select! {
-            r = &mut current.task => {
-                let r = r.unwrap_or_else(|e| Err(engine_run::RunError::Internal(e.to_string())));
-                let metrics = current.metrics.clone();
-                current.end(&ready).await;
+            r = current.version.finished() => {
+                let metrics = current.version.metrics.clone();
+                current.end_display().await;
+                current.version.retire(&ready, None);
                 break (r, metrics);
             }
             _ = hangup(&mut hup) => true,
@@ -936,22 +939,46 @@ async fn run_flow(run: RunFlow, plan: Plan, sources: SourceMap, metrics_address:
         let (w, next) = run.recompile();
         watched = w;
         let Some((plan, sources)) = next else { continue };
-        // A graph that cannot be built keeps the running one (built here with counters of its
-        // own: the new version's must not be forgotten with the old one's).
-        if let Err(e) = TaskGraph::build(&plan, &sources, &Metrics::new(node_labels(&plan, &sources))) {
-            tracing::error!(flow = %run.flow, "reload refused: {e}; the running flow is kept");
-            continue;
+        // Make before break: the new version is built, opened and started beside the running
+        // one, which drains only once the new one is up; one that cannot start keeps it.
+        let next = match run.start(&plan, &sources, &root, Some(&current.version.metrics), &stopping) {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!(flow = %run.flow, "reload refused: {e}; the running flow is kept");
+                continue;
+            }
+        };
+        tracing::info!(flow = %run.flow, "reload: the new flow is started; draining the running one");
+        let Generation { version, mut display } = current;
+        let Generation { version: next_version, display: mut next_display } = next;
+        match swap::replace(version, next_version, &ready).await {
+            Ok((version, old)) => {
+                if let Some((task, stop)) = display.take() {
+                    stop.cancel();
+                    let _ = task.await;
+                }
+                current = Generation { version, display: next_display };
+                if let Err(e) = old {
+                    tracing::error!(flow = %run.flow, "the replaced version ended with an error: {e}");
+                }
+                if stopping.is_cancelled() {
+                    let metrics = current.version.metrics.clone();
+                    let r = current.version.finished().await;
+                    current.end_display().await;
+                    current.version.retire(&ready, None);
+                    break (r, metrics);
+                }
+                tracing::info!(flow = %run.flow, "reload: the new flow is running");
+            }
+            Err((version, e)) => {
+                if let Some((task, stop)) = next_display.take() {
+                    stop.cancel();
+                    let _ = task.await;
+                }
+                tracing::error!(flow = %run.flow, "reload refused: {e}; the running flow is kept");
+                current = Generation { version, display };
+            }
         }
-        tracing::info!(flow = %run.flow, "reload: draining the running flow, then starting the new one");
-        let metrics = current.metrics.clone();
-        if let Err(e) = current.stop(&ready).await {
-            break (Err(e), metrics);
-        }
-        if stopping.is_cancelled() {
-            break (Ok(()), metrics);
-        }
-        current = run.start(&plan, &sources, &root, &ready, &stopping)?;
-        tracing::info!(flow = %run.flow, "reload: the new flow is running");
     };
     served.cancel();
     signals.abort();

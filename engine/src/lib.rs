@@ -15,6 +15,7 @@ pub mod observability;
 pub mod options;
 pub mod reload;
 pub mod run;
+pub mod swap;
 pub mod taskgraph;
 pub mod testing;
 pub mod tls;

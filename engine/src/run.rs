@@ -52,6 +52,10 @@ pub struct RunConfig {
     pub shutdown: CancellationToken,
     /// Where each source and sink reports that it reached its service (`/ready`).
     pub readiness: Readiness,
+    /// The flow this graph is a version of: an `http` source takes over the socket of another
+    /// version of the same flow (make-before-break, `crate::swap`), and only of that flow.
+    /// Unique per `RunConfig` unless set.
+    pub owner: connectors::Owner,
 }
 
 impl std::fmt::Debug for RunConfig {
@@ -69,6 +73,7 @@ impl RunConfig {
             sinks: HashMap::new(),
             shutdown: CancellationToken::new(),
             readiness: Readiness::new(),
+            owner: connectors::Owner::unique(),
         }
     }
 }
@@ -122,10 +127,36 @@ pub async fn run(
     graph: TaskGraph,
     catalog: &EngineCatalog,
     metrics: Arc<Metrics>,
-    mut config: RunConfig,
+    config: RunConfig,
 ) -> Result<(), RunError> {
+    prepare(graph, catalog, metrics, config)?.run().await
+}
+
+/// A flow whose connectors are built and opened (files open, ports bound, consumers
+/// configured) and nothing yet started: a replacement is prepared while the flow it replaces
+/// still runs, so a connector that cannot start leaves that flow untouched.
+pub struct Prepared {
+    graph: TaskGraph,
+    metrics: Arc<Metrics>,
+    config: RunConfig,
+    sources: Vec<(Box<dyn Source>, Options)>,
+    sinks: Vec<(Box<dyn Sink>, Retry)>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// Build every connector of `graph`, starting nothing.
+pub fn prepare(
+    graph: TaskGraph,
+    catalog: &EngineCatalog,
+    metrics: Arc<Metrics>,
+    mut config: RunConfig,
+) -> Result<Prepared, RunError> {
     let settings = config.settings.clone();
-    let shutdown = config.shutdown.clone();
     // Build every connector before starting anything, so a bad option or path stops the flow
     // before it reads a single event.
     // Sources first: a source that cannot start (a port in use) must not let a sink truncate
@@ -139,7 +170,7 @@ pub async fn run(
             Some(x) => (x, Options::defaults(&s.name, spec)),
             None => {
                 let options = Options::resolve(&s.name, spec, &s.options, &settings)?;
-                let source = connectors::build_source(&s.connector, &options)
+                let source = connectors::build_source(&s.connector, &options, &config.owner)
                     .map_err(|error| RunError::Connector { node: s.title.clone(), error })?;
                 (source, options)
             }
@@ -163,102 +194,119 @@ pub async fn run(
         };
         sinks.push((sink, Retry::from(&options)));
     }
-    let (sink_tx, sink_rx): (Vec<_>, Vec<_>) =
-        graph.sinks.iter().map(|_| mpsc::channel::<SinkBatch>(SINK_QUEUE)).unzip();
-    // Each task holds senders only for the sinks it can reach, so a sink's queue closes once
-    // everything upstream of it is done.
-    let senders_for = |p: &Pipeline, extra: &[&Pipeline]| -> Senders {
-        let mut used = Vec::new();
-        p.sinks(&mut used);
-        extra.iter().for_each(|e| e.sinks(&mut used));
-        Senders((0..sink_tx.len()).map(|i| used.contains(&i).then(|| sink_tx[i].clone())).collect())
-    };
+    Ok(Prepared { graph, metrics, config, sources, sinks })
+}
 
-    let mut source_tasks = JoinSet::new();
-    let mut workers = JoinSet::new();
-    for (plan, (source, options)) in graph.sources.iter().zip(sources) {
-        let stats = metrics.nodes[plan.node.index()].clone();
-        let (tx, rx) = mpsc::channel::<RawBatch>(raw_queue(config.workers));
-        let ctx =
-            SourceContext::new(plan.name.clone(), plan.stream.clone(), options, tx, shutdown.clone(), stats.clone())
-                .map_err(|error| RunError::Connector { node: plan.title.clone(), error })?
-                .with_metadata_read(plan.decoder.metadata_read())
-                .with_connected(config.readiness.register(&plan.title));
-        let title = plan.title.clone();
-        source_tasks
-            .spawn(async move { source.run(ctx).await.map_err(|error| RunError::Connector { node: title, error }) });
-        let rx = Arc::new(Mutex::new(rx));
-        let logged = Arc::new(AtomicU64::new(0));
-        for _ in 0..config.workers {
-            let w = Worker {
-                decoder: plan.decoder.clone(),
-                out: plan.out.clone(),
+impl Prepared {
+    /// Start the tasks and run until the sources end or `config.shutdown` is cancelled, then
+    /// drain.
+    pub async fn run(self) -> Result<(), RunError> {
+        let Prepared { graph, metrics, config, sources, sinks } = self;
+        let shutdown = config.shutdown.clone();
+        let (sink_tx, sink_rx): (Vec<_>, Vec<_>) =
+            graph.sinks.iter().map(|_| mpsc::channel::<SinkBatch>(SINK_QUEUE)).unzip();
+        // Each task holds senders only for the sinks it can reach, so a sink's queue closes once
+        // everything upstream of it is done.
+        let senders_for = |p: &Pipeline, extra: &[&Pipeline]| -> Senders {
+            let mut used = Vec::new();
+            p.sinks(&mut used);
+            extra.iter().for_each(|e| e.sinks(&mut used));
+            Senders((0..sink_tx.len()).map(|i| used.contains(&i).then(|| sink_tx[i].clone())).collect())
+        };
+
+        let mut source_tasks = JoinSet::new();
+        let mut workers = JoinSet::new();
+        for (plan, (source, options)) in graph.sources.iter().zip(sources) {
+            let stats = metrics.nodes[plan.node.index()].clone();
+            let (tx, rx) = mpsc::channel::<RawBatch>(raw_queue(config.workers));
+            let ctx = SourceContext::new(
+                plan.name.clone(),
+                plan.stream.clone(),
+                options,
+                tx,
+                shutdown.clone(),
+                stats.clone(),
+            )
+            .map_err(|error| RunError::Connector { node: plan.title.clone(), error })?
+            .with_metadata_read(plan.decoder.metadata_read())
+            .with_connected(config.readiness.register(&plan.title));
+            let title = plan.title.clone();
+            source_tasks.spawn(async move {
+                source.run(ctx).await.map_err(|error| RunError::Connector { node: title, error })
+            });
+            let rx = Arc::new(Mutex::new(rx));
+            let logged = Arc::new(AtomicU64::new(0));
+            for _ in 0..config.workers {
+                let w = Worker {
+                    decoder: plan.decoder.clone(),
+                    out: plan.out.clone(),
+                    errors: plan.errors.clone(),
+                    errors_schema: plan.errors_schema.clone(),
+                    senders: senders_for(&plan.out, &[&plan.errors]),
+                    stats: stats.clone(),
+                    logged: logged.clone(),
+                };
+                workers.spawn(w.run(rx.clone()));
+            }
+        }
+        let mut sink_tasks = JoinSet::new();
+        let mut probes = Vec::new();
+        for ((plan, (sink, retry)), rx) in graph.sinks.iter().zip(sinks).zip(sink_rx) {
+            let connected = config.readiness.register(&plan.title);
+            // A sink that reaches a service says when it has; the first accepted flush says so too.
+            let probe = match sink.connected() {
+                Some(reached) => {
+                    let connected = connected.clone();
+                    Some(tokio::spawn(async move {
+                        reached.await;
+                        connected.set();
+                    }))
+                }
+                None => {
+                    connected.set();
+                    None
+                }
+            };
+            probes.extend(probe);
+            let runner = SinkRunner {
+                connected,
+                title: plan.title.clone(),
+                sink,
+                retry,
                 errors: plan.errors.clone(),
                 errors_schema: plan.errors_schema.clone(),
-                senders: senders_for(&plan.out, &[&plan.errors]),
-                stats: stats.clone(),
-                logged: logged.clone(),
+                senders: senders_for(&plan.errors, &[]),
+                stats: metrics.nodes[plan.node.index()].clone(),
+                shutdown: shutdown.clone(),
             };
-            workers.spawn(w.run(rx.clone()));
+            sink_tasks.spawn(runner.run(rx));
         }
-    }
-    let mut sink_tasks = JoinSet::new();
-    let mut probes = Vec::new();
-    for ((plan, (sink, retry)), rx) in graph.sinks.iter().zip(sinks).zip(sink_rx) {
-        let connected = config.readiness.register(&plan.title);
-        // A sink that reaches a service says when it has; the first accepted flush says so too.
-        let probe = match sink.connected() {
-            Some(reached) => {
-                let connected = connected.clone();
-                Some(tokio::spawn(async move {
-                    reached.await;
-                    connected.set();
-                }))
-            }
-            None => {
-                connected.set();
-                None
-            }
-        };
-        probes.extend(probe);
-        let runner = SinkRunner {
-            connected,
-            title: plan.title.clone(),
-            sink,
-            retry,
-            errors: plan.errors.clone(),
-            errors_schema: plan.errors_schema.clone(),
-            senders: senders_for(&plan.errors, &[]),
-            stats: metrics.nodes[plan.node.index()].clone(),
-            shutdown: shutdown.clone(),
-        };
-        sink_tasks.spawn(runner.run(rx));
-    }
-    drop(sink_tx);
-    config.readiness.started();
+        drop(sink_tx);
+        config.readiness.started();
 
-    let mut first_error = None;
-    while let Some(r) = source_tasks.join_next().await {
-        let r = r.map_err(|e| RunError::Internal(format!("source task failed: {e}"))).and_then(|r| r);
-        if let Err(e) = r {
-            error!("{e}");
-            // One source failing stops the flow: the others drain and stop too.
-            shutdown.cancel();
-            first_error.get_or_insert(e);
+        let mut first_error = None;
+        while let Some(r) = source_tasks.join_next().await {
+            let r = r.map_err(|e| RunError::Internal(format!("source task failed: {e}"))).and_then(|r| r);
+            if let Err(e) = r {
+                error!("{e}");
+                // One source failing stops the flow: the others drain and stop too.
+                shutdown.cancel();
+                first_error.get_or_insert(e);
+            }
         }
-    }
-    while let Some(r) = workers.join_next().await {
-        if let Err(e) = r {
-            first_error.get_or_insert(RunError::Internal(format!("worker failed: {e}")));
+        while let Some(r) = workers.join_next().await {
+            if let Err(e) = r {
+                first_error.get_or_insert(RunError::Internal(format!("worker failed: {e}")));
+            }
         }
-    }
-    while let Some(r) = sink_tasks.join_next().await {
-        if let Err(e) = r {
-            first_error.get_or_insert(RunError::Internal(format!("sink task failed: {e}")));
+        while let Some(r) = sink_tasks.join_next().await {
+            if let Err(e) = r {
+                first_error.get_or_insert(RunError::Internal(format!("sink task failed: {e}")));
+            }
         }
+        probes.iter().for_each(tokio::task::JoinHandle::abort);
+        first_error.map_or(Ok(()), Err)
     }
-    probes.iter().for_each(tokio::task::JoinHandle::abort);
-    first_error.map_or(Ok(()), Err)
 }
 
 /// Sink queues a task may send to, by sink index.

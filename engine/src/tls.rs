@@ -7,7 +7,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -62,6 +62,26 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     Ok(Arc::new(config))
 }
 
+/// The certificate a [`TlsListener`] presents, replaceable while it listens: the next version
+/// of a flow that takes an `http` source's socket over brings its own (a renewed certificate is
+/// picked up by replacing the flow). Each handshake uses the one current when it starts.
+#[derive(Debug, Clone)]
+pub struct Certificate(Arc<Mutex<Arc<rustls::ServerConfig>>>);
+
+impl Certificate {
+    pub fn new(config: Arc<rustls::ServerConfig>) -> Certificate {
+        Certificate(Arc::new(Mutex::new(config)))
+    }
+
+    pub fn replace(&self, config: Arc<rustls::ServerConfig>) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = config;
+    }
+
+    fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
+    }
+}
+
 /// A TCP listener whose connections are TLS: an [`axum::serve`] listener. Handshakes run in
 /// their own tasks, so a slow client holds up no one else; a failed one is logged at debug
 /// and dropped. Dropping the listener stops accepting (and closes the port).
@@ -73,9 +93,8 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<TlsListener> {
+    pub fn new(listener: TcpListener, certificate: Certificate) -> std::io::Result<TlsListener> {
         let local = listener.local_addr()?;
-        let acceptor = TlsAcceptor::from(config);
         let (tx, ready) = mpsc::channel(64);
         let accepting = tokio::spawn(async move {
             loop {
@@ -88,7 +107,7 @@ impl TlsListener {
                         continue;
                     }
                 };
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                let (acceptor, tx) = (certificate.acceptor(), tx.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {

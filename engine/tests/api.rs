@@ -444,8 +444,9 @@ fn post_raw(port: u16, body: &str) -> Option<u16> {
 }
 
 /// Five replacements sent at once while a client keeps posting: they are applied one at a time
-/// (every PUT answered, the last text running, never two graphs on one port), and every event
-/// the `http` source acknowledged is in exactly one version's output.
+/// (every PUT answered, the last text running), no request is refused (each version takes the
+/// socket over from the one before), and every event the `http` source acknowledged is in
+/// exactly one version's output.
 #[test]
 fn racing_replacements_are_serialised_and_lose_no_acknowledged_event() {
     let dir = setup("api-race");
@@ -507,15 +508,17 @@ fn racing_replacements_are_serialised_and_lose_no_acknowledged_event() {
     let lost: Vec<&u64> = acked.iter().filter(|id| written.binary_search(id).is_err()).collect();
     assert!(lost.is_empty(), "acknowledged but not written: {lost:?}");
     eprintln!("{} events acknowledged, {refused} requests refused during 5 swaps", acked.len());
+    assert_eq!(refused, 0, "requests refused or failed during the swaps");
     assert!(acked.len() > 10, "the client kept posting: {} acknowledged, {refused} refused", acked.len());
-    // The log shows the swaps one after the other: each drain before the next start.
+    // The log shows the swaps one after the other, each make-before-break: the new version
+    // started, then the old one drained.
     let log = std::fs::read_to_string(dir.join("phoenix.log")).expect("log");
     let events: Vec<&str> = log
         .lines()
         .filter_map(|l| ["draining the flow", "flow stopped", "flow started"].into_iter().find(|e| l.contains(e)))
         .collect();
     let expected: Vec<&str> = std::iter::once("flow started")
-        .chain((0..5).flat_map(|_| ["draining the flow", "flow stopped", "flow started"]))
+        .chain((0..5).flat_map(|_| ["flow started", "draining the flow", "flow stopped"]))
         .collect();
     assert_eq!(events, expected, "{log}");
     api.stop();
@@ -554,6 +557,21 @@ fn flows_that_cannot_start_or_compile_are_reported() {
     let (status, answer) = api.json("PUT", "/api/v1/flows/missing", Some(missing.as_bytes()));
     assert_eq!(status, 201, "{answer}");
     assert_eq!(answer["status"]["state"], "failed", "{answer}");
+    // A running flow whose new version cannot start is kept, with its text: 409.
+    let free = free_port();
+    let (status, answer) =
+        api.json("PUT", "/api/v1/flows/running", Some(ingest(free, &dir.join("kept.jsonl")).as_bytes()));
+    assert_eq!(status, 201, "{answer}");
+    let kept = ingest(free, &dir.join("kept.jsonl"));
+    let busy = ingest(port, &dir.join("kept.jsonl"));
+    let (status, answer) = api.json("PUT", "/api/v1/flows/running", Some(busy.as_bytes()));
+    assert_eq!(status, 409, "{answer}");
+    assert!(answer["error"].as_str().expect("error").contains("the running flow is kept"), "{answer}");
+    let (_, flow) = api.json("GET", "/api/v1/flows/running", None);
+    assert_eq!((flow["text"].as_str(), &flow["status"]["state"]), (Some(kept.as_str()), &Value::from("running")));
+    post_events(free, 7..8);
+    assert_eq!(ids(&dir.join("kept.jsonl")), [7]);
+
     // A failed flow can be replaced by one that runs.
     drop(taken);
     let (status, answer) = api.json("PUT", "/api/v1/flows/busy", Some(text.as_bytes()));

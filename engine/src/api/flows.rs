@@ -1,16 +1,17 @@
 //! The flows `phoenix serve` runs: each stored flow compiled by the same front end as
 //! `phoenix check` and run as `phoenix run` runs it, replaced or stopped on request.
 //!
-//! A replacement is break-before-make for now: the old graph drains exactly as on SIGTERM
-//! (sources stop, every event in flight is written and acknowledged), then the new one starts.
-//! Nothing acknowledged is lost, but a source is not read during the swap; building the new
-//! graph before draining the old (make-before-break) is the next step.
+//! A replacement is make-before-break ([`crate::swap`], shared with `phoenix run`'s reload):
+//! the new graph is built, its connectors opened and started while the old one runs, then the
+//! old one drains exactly as on SIGTERM. A new version that cannot start leaves the old one
+//! running and its text stored.
 
 use crate::api::store::{FlowStatus, FlowStore, StoreError};
 use crate::observability::metrics::Metrics;
 use crate::observability::readiness::Readiness;
 use crate::options::Settings;
-use crate::run::{RunConfig, run};
+use crate::run::RunConfig;
+use crate::swap::{self, Generation, LaunchError};
 use crate::taskgraph::{TaskGraph, node_labels};
 use crate::{EngineCatalog, FsLoader};
 use phoenix_dsl::plan::Plan;
@@ -20,8 +21,6 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 /// Why a flow could not be changed.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +33,9 @@ pub enum ChangeError {
     /// `If-Match` named another version of the flow (or a flow that does not exist).
     #[error("the flow is not the version `If-Match` names (it is {})", .current.as_deref().unwrap_or("absent"))]
     PreconditionFailed { current: Option<String> },
+    /// The new version of a running flow could not start; the old one runs on.
+    #[error("the new version cannot start, so the running flow is kept: {0}")]
+    NotStarted(LaunchError),
 }
 
 /// A flow text's entity tag (`ETag`, quoted): the first 128 bits of its SHA-256, in hex. The
@@ -54,8 +56,9 @@ pub fn if_match(header: &str, current: Option<&str>) -> bool {
     header.split(',').map(str::trim).any(|tag| tag == "*" || tag == current)
 }
 
-/// How long a PUT waits for the new flow's connectors to be built before it answers.
-pub const START_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a PUT waits for the new flow's connectors to reach their services before it
+/// answers (and, replacing a flow, before the old version drains anyway).
+pub const START_WAIT: std::time::Duration = swap::START_WAIT;
 
 /// One diagnostic as the API reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -104,14 +107,17 @@ pub struct NodeCounts {
 /// A running (or ended) flow of this process.
 #[derive(Debug)]
 struct Deployed {
-    shutdown: CancellationToken,
-    task: JoinHandle<()>,
-    metrics: Arc<Metrics>,
-    readiness: Readiness,
+    generation: Generation,
+    /// Each node's counters when this version started: its counts are since then (a version
+    /// with the same nodes as the one it replaced counts on in the same `/metrics` series).
+    baseline: Vec<[u64; 3]>,
     /// Cleared before the flow is stopped on purpose, so its ending does not overwrite the
     /// status of whatever replaced it.
     current: Arc<AtomicBool>,
 }
+
+/// A version's counters and their values when it started.
+type Counted = (Arc<Metrics>, Vec<[u64; 3]>);
 
 /// The flows of one process over a [`FlowStore`].
 #[derive(Debug)]
@@ -125,6 +131,9 @@ pub struct Flows {
     workers: usize,
     settings: Settings,
     running: Mutex<HashMap<String, Deployed>>,
+    /// The counters and baseline of a version being replaced (out of `running` while the swap
+    /// owns it), so `GET /api/v1/flows/{name}` shows its counts meanwhile.
+    swapping: Mutex<HashMap<String, Counted>>,
     /// Set (under `changes`) when the process starts draining: later changes are refused, so
     /// no flow starts after the drain and dies undrained at exit.
     closing: AtomicBool,
@@ -148,6 +157,7 @@ impl Flows {
             workers,
             settings,
             running: Mutex::new(HashMap::new()),
+            swapping: Mutex::new(HashMap::new()),
             closing: AtomicBool::new(false),
             changes: tokio::sync::Mutex::new(()),
         }
@@ -207,7 +217,12 @@ impl Flows {
             }
             let Some(text) = self.store.get(&name)? else { continue };
             match self.compile(&name, &text) {
-                Ok(compiled) => self.start(&name, compiled),
+                Ok(compiled) => {
+                    if let Some(d) = self.launch(&name, compiled, None) {
+                        self.readiness.add_child(d.generation.readiness.clone());
+                        self.running().insert(name.clone(), d);
+                    }
+                }
                 Err(diagnostics) => {
                     let errors: Vec<_> = diagnostics.iter().filter(|d| d.severity == "error").collect();
                     for d in &errors {
@@ -220,8 +235,10 @@ impl Flows {
         Ok(())
     }
 
-    /// Store and run `compiled` as `name`, draining the flow it replaces first. `true` if
-    /// there was one.
+    /// Store and run `compiled` as `name`. A running flow of that name is replaced
+    /// make-before-break ([`swap::replace`]): if the new version cannot start, the old one runs
+    /// on, its text stays stored, and the answer is [`ChangeError::NotStarted`]. `true` if
+    /// there was a flow of that name.
     pub async fn replace(&self, name: &str, text: &str, compiled: Compiled) -> Result<bool, ChangeError> {
         self.replace_if(name, text, compiled, None).await
     }
@@ -242,26 +259,65 @@ impl Flows {
         let stored = self.store.get(name)?;
         self.precondition(stored.as_deref(), precondition)?;
         let existed = stored.is_some();
-        self.store.put(name, text)?;
-        self.stop(name).await;
-        self.start(name, compiled);
-        self.started(name).await;
-        Ok(existed)
-    }
-
-    /// Wait until `name`'s connectors are built (or it failed), so the answer to a PUT can say
-    /// whether the new flow runs; at most [`START_WAIT`].
-    async fn started(&self, name: &str) {
-        let deadline = tokio::time::Instant::now() + START_WAIT;
-        while tokio::time::Instant::now() < deadline {
-            let done = match self.running().get(name) {
-                Some(d) => d.readiness.waiting().is_some() || d.task.is_finished(),
-                None => true,
-            };
-            if done {
-                return;
+        let old = self.running().remove(name);
+        let Some(old) = old else {
+            self.store.put(name, text)?;
+            if let Some(d) = self.launch(name, compiled, None) {
+                self.readiness.add_child(d.generation.readiness.clone());
+                d.generation.started(START_WAIT).await;
+                self.running().insert(name.to_string(), d);
             }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            return Ok(existed);
+        };
+        // A version that ended (finished or failed) holds nothing: replace it as a new flow.
+        if old.generation.outcome().is_some() {
+            old.generation.retire(&self.readiness, None);
+            self.store.put(name, text)?;
+            if let Some(d) = self.launch(name, compiled, None) {
+                self.readiness.add_child(d.generation.readiness.clone());
+                d.generation.started(START_WAIT).await;
+                self.running().insert(name.to_string(), d);
+            }
+            return Ok(existed);
+        }
+        let next = match self.start(name, compiled, Some(&old.generation.metrics)) {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!(flow = %name, "the new version cannot start; the running flow is kept: {e}");
+                self.running().insert(name.to_string(), old);
+                return Err(ChangeError::NotStarted(e));
+            }
+        };
+        if let Err(e) = self.store.put(name, text) {
+            next.current.store(false, Ordering::Release);
+            let _ = next.generation.stop(&self.readiness, Some(&old.generation.metrics)).await;
+            self.running().insert(name.to_string(), old);
+            return Err(e.into());
+        }
+        old.current.store(false, Ordering::Release);
+        tracing::info!(flow = %name, "draining the flow");
+        let Deployed { generation: old_generation, baseline: old_baseline, current: old_current } = old;
+        self.swapping().insert(name.to_string(), (old_generation.metrics.clone(), old_baseline.clone()));
+        let Deployed { generation, baseline, current } = next;
+        let swapped = swap::replace(old_generation, generation, &self.readiness).await;
+        self.swapping().remove(name);
+        match swapped {
+            Ok((generation, _)) => {
+                tracing::info!(flow = %name, "flow stopped");
+                self.store.set_status(name, status_now(&generation));
+                self.running().insert(name.to_string(), Deployed { generation, baseline, current });
+                Ok(existed)
+            }
+            Err((generation, e)) => {
+                tracing::error!(flow = %name, "the new version failed before it was up; the running flow is kept: {e}");
+                // Its ending must not be reported as the flow's status: the old version runs.
+                current.store(false, Ordering::Release);
+                old_current.store(true, Ordering::Release);
+                self.store.set_status(name, FlowStatus::Running);
+                self.running()
+                    .insert(name.to_string(), Deployed { generation, baseline: old_baseline, current: old_current });
+                Err(ChangeError::NotStarted(e))
+            }
         }
     }
 
@@ -299,49 +355,62 @@ impl Flows {
 
     /// The counters of `name`'s nodes, if it has run in this process.
     pub fn counts(&self, name: &str) -> Option<Vec<NodeCounts>> {
-        let running = self.running();
-        let d = running.get(name)?;
+        let (metrics, baseline) = match self.running().get(name) {
+            Some(d) => (d.generation.metrics.clone(), d.baseline.clone()),
+            None => self.swapping().get(name).cloned()?,
+        };
         Some(
-            d.metrics
+            metrics
                 .nodes
                 .iter()
-                .map(|n| NodeCounts {
+                .zip(&baseline)
+                .map(|(n, [events_in, events_out, errors])| NodeCounts {
                     node: n.title.clone(),
                     at: n.at.clone(),
-                    events_in: n.events_in.get(),
-                    events_out: n.events_out.get(),
-                    errors: n.errors.get(),
+                    events_in: n.events_in.get().saturating_sub(*events_in),
+                    events_out: n.events_out.get().saturating_sub(*events_out),
+                    errors: n.errors.get().saturating_sub(*errors),
                 })
                 .collect(),
         )
     }
 
-    fn start(&self, name: &str, compiled: Compiled) {
-        let Compiled { plan, sources, .. } = compiled;
-        let metrics = Arc::new(self.metrics.sibling(node_labels(&plan, &sources)));
-        let graph = match TaskGraph::build(&plan, &sources, &metrics) {
-            Ok(g) => g,
+    fn swapping(&self) -> std::sync::MutexGuard<'_, HashMap<String, Counted>> {
+        self.swapping.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// [`Flows::start`] for a flow that is not running: a version that cannot start is stored
+    /// as failed (so the answer says why) rather than refused.
+    fn launch(&self, name: &str, compiled: Compiled, running: Option<&Metrics>) -> Option<Deployed> {
+        match self.start(name, compiled, running) {
+            Ok(d) => Some(d),
             Err(e) => {
                 tracing::error!(flow = %name, "{e}");
                 self.store.set_status(name, FlowStatus::Failed { error: e.to_string() });
-                return;
+                None
             }
-        };
-        let readiness = Readiness::new();
-        self.readiness.add_child(readiness.clone());
+        }
+    }
+
+    /// Build, open and start `compiled` as `name` (its readiness not yet under the process's),
+    /// with a task that records how it ends while it is the current version.
+    fn start(&self, name: &str, compiled: Compiled, running: Option<&Metrics>) -> Result<Deployed, LaunchError> {
+        let Compiled { plan, sources, .. } = compiled;
         let mut config = RunConfig::new(self.workers);
         config.settings = self.settings.clone();
-        config.readiness = readiness.clone();
-        let shutdown = config.shutdown.clone();
+        config.owner = crate::connectors::Owner::version_of(name);
+        let generation = swap::launch(&plan, &sources, &self.catalog, &self.metrics, running, config)?;
+        let baseline =
+            generation.metrics.nodes.iter().map(|n| [n.events_in.get(), n.events_out.get(), n.errors.get()]).collect();
         let current = Arc::new(AtomicBool::new(true));
-        self.store.set_status(name, FlowStatus::Running);
-        let task = {
-            let (catalog, metrics, store, current) =
-                (self.catalog.clone(), metrics.clone(), self.store.clone(), current.clone());
-            let (root, own) = (self.readiness.clone(), readiness.clone());
-            let name = name.to_string();
+        if running.is_none() {
+            self.store.set_status(name, FlowStatus::Running);
+        }
+        {
+            let (store, current, name) = (self.store.clone(), current.clone(), name.to_string());
+            let (root, own, outcomes) = (self.readiness.clone(), generation.readiness.clone(), generation.outcomes());
             tokio::spawn(async move {
-                let outcome = run(graph, &catalog, metrics, config).await;
+                let outcome = swap::Generation::wait_outcome(outcomes).await;
                 let status = match outcome {
                     Ok(()) => FlowStatus::Finished,
                     Err(e) => {
@@ -355,10 +424,10 @@ impl Flows {
                 // A flow that ended (a failed one may never have registered its nodes) does
                 // not hold up `/ready` for the others.
                 root.remove_child(&own);
-            })
-        };
+            });
+        }
         tracing::info!(flow = %name, "flow started");
-        self.running().insert(name.to_string(), Deployed { shutdown, task, metrics, readiness, current });
+        Ok(Deployed { generation, baseline, current })
     }
 
     /// Drain `name` as on SIGTERM and wait until it has stopped; `false` if it was not running.
@@ -367,12 +436,7 @@ impl Flows {
         d.current.store(false, Ordering::Release);
         self.store.set_status(name, FlowStatus::Draining);
         tracing::info!(flow = %name, "draining the flow");
-        d.shutdown.cancel();
-        if let Err(e) = d.task.await {
-            tracing::error!(flow = %name, "the flow task failed: {e}");
-        }
-        self.readiness.remove_child(&d.readiness);
-        d.metrics.forget();
+        let _ = d.generation.stop(&self.readiness, None).await;
         tracing::info!(flow = %name, "flow stopped");
         true
     }
@@ -396,6 +460,15 @@ pub fn diagnostics(c: &Compilation) -> Vec<ApiDiagnostic> {
             }
         })
         .collect()
+}
+
+/// The status of a version just swapped in: it may already have ended.
+fn status_now(g: &Generation) -> FlowStatus {
+    match g.outcome() {
+        None => FlowStatus::Running,
+        Some(Ok(())) => FlowStatus::Finished,
+        Some(Err(e)) => FlowStatus::Failed { error: e.to_string() },
+    }
 }
 
 /// The flow's root file from memory (a text not yet stored), its imports from disk.

@@ -97,7 +97,8 @@ pub async fn serve(
         let stopped = async move { stop.cancelled().await };
         match config.tls {
             Some(tls) => {
-                let listener = crate::tls::TlsListener::new(listener, tls).map_err(ApiError::Tls)?;
+                let listener =
+                    crate::tls::TlsListener::new(listener, crate::tls::Certificate::new(tls)).map_err(ApiError::Tls)?;
                 tokio::spawn(server::serve_router(listener, app, stopped))
             }
             None => tokio::spawn(server::serve_router(listener, app, stopped)),
@@ -156,6 +157,9 @@ fn change_error(e: ChangeError) -> Response {
         ChangeError::Store(e) => store_error(e),
         ChangeError::ShuttingDown => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         ChangeError::PreconditionFailed { .. } => error(StatusCode::PRECONDITION_FAILED, e.to_string()),
+        // The request was fine and the running flow is kept; the machine is in the way (a port
+        // another flow holds, an input that is missing).
+        ChangeError::NotStarted(_) => error(StatusCode::CONFLICT, e.to_string()),
     }
 }
 

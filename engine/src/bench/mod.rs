@@ -6,10 +6,12 @@
 //! input: run it with 1M and 10M events and compare.
 //!
 //! The other connectors' benches live beside it: [`elasticsearch`] (`--sink elasticsearch`),
-//! [`kafka`] (`--sink kafka`) and [`s3`] (`--source s3`).
+//! [`kafka`] (`--sink kafka`) and [`s3`] (`--source s3`); [`reload`] (`--reload SECONDS`)
+//! measures a flow replaced every second against one never replaced.
 
 pub mod elasticsearch;
 pub mod kafka;
+pub mod reload;
 pub mod s3;
 
 use crate::EngineCatalog;

@@ -263,13 +263,37 @@ impl SourceContext {
     }
 }
 
-/// Build the source named by a flow's `source x = CONNECTOR { ... }`.
-pub fn build_source(connector: &str, options: &Options) -> Result<Box<dyn Source>, ConnectorError> {
+/// Which flow a graph is a version of, and which version: an `http` source takes over the
+/// socket of another version of the same flow (make-before-break), never of another flow or of
+/// another source of its own version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub flow: String,
+    pub version: u64,
+}
+
+impl Owner {
+    /// A version of a flow of its own: it shares nothing.
+    pub fn unique() -> Owner {
+        static VERSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let version = VERSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Owner { flow: format!("unshared-{version}"), version }
+    }
+
+    /// A new version of the flow `flow`.
+    pub fn version_of(flow: &str) -> Owner {
+        Owner { flow: flow.to_string(), ..Owner::unique() }
+    }
+}
+
+/// Build the source named by a flow's `source x = CONNECTOR { ... }`, for the version `owner`
+/// of a flow.
+pub fn build_source(connector: &str, options: &Options, owner: &Owner) -> Result<Box<dyn Source>, ConnectorError> {
     match connector {
         "file" => file::FileSource::new(options).map(|s| Box::new(s) as Box<dyn Source>),
         "stdin" => Ok(Box::new(stdio::StdinSource)),
         "generate" => generate::GenerateSource::new(options).map(|s| Box::new(s) as Box<dyn Source>),
-        "http" => http::HttpSource::new(options).map(|s| Box::new(s) as Box<dyn Source>),
+        "http" => http::HttpSource::for_flow(options, owner).map(|s| Box::new(s) as Box<dyn Source>),
         "kafka" => kafka::KafkaSource::new(options).map(|s| Box::new(s) as Box<dyn Source>),
         "sqs" => sqs::SqsSource::new(options).map(|s| Box::new(s) as Box<dyn Source>),
         "s3" => s3::S3Source::new(options).map(|s| Box::new(s) as Box<dyn Source>),

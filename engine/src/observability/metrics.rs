@@ -83,6 +83,21 @@ impl Metrics {
         }
     }
 
+    /// [`forget`](Self::forget) the nodes `keep` does not have. A version replaced by another
+    /// (make-before-break) leaves the series they share, which the new one counts on: both
+    /// versions count into one series while they overlap, so a counter never goes back.
+    pub fn forget_except(&self, keep: &Metrics) {
+        for n in &self.nodes {
+            if keep.nodes.iter().any(|k| k.title == n.title && k.at == n.at) {
+                continue;
+            }
+            let labels = NodeLabels { node: n.title.clone(), at: n.at.clone() };
+            self.families.iter().for_each(|f| {
+                f.remove(&labels);
+            });
+        }
+    }
+
     /// The Prometheus text exposition (of every sibling).
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -1,5 +1,6 @@
 //! `http`: events POSTed to an endpoint (NDJSON, a JSON array, or one object).
 
+pub mod listener;
 mod source;
 
 pub use source::HttpSource;

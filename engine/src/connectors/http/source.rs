@@ -27,10 +27,16 @@
 //!
 //! The handlers never hold the [`SourceContext`]: they pass batches to [`Source::run`], which
 //! forwards them. So once `run` returns, nothing can reach the flow through this source.
+//!
+//! The listening socket is not the source's own: it is claimed from [`super::listener`], so the
+//! next version of the flow takes it over and no connection is refused while a flow is
+//! replaced. Stopping, the source leaves service (new requests go to the next version, or the
+//! socket closes if there is none) and finishes the requests it took.
 
+use super::listener::{self, Claim};
 use crate::api::KEY_POLL;
 use crate::api::keys::{KeyFile, Scope};
-use crate::connectors::{BoxFuture, ConnectorError, Source, SourceContext, Stopped};
+use crate::connectors::{BoxFuture, ConnectorError, Owner, Source, SourceContext, Stopped};
 use crate::exec::ack::{Ack, AckWaiter, Rejected};
 use crate::exec::batch::RawBatch;
 use crate::options::Options;
@@ -42,12 +48,11 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::value::RawValue;
-use std::future::IntoFuture;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -55,7 +60,7 @@ use tracing::{debug, info, warn};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Why an accepted request could not be delivered because the flow is going away.
-const STOPPING: &str = "the flow is stopping";
+pub(super) const STOPPING: &str = "the flow is stopping";
 
 /// Content types that mean "one event per line", whatever the body starts with.
 const NDJSON_TYPES: &[&str] = &[
@@ -68,19 +73,26 @@ const NDJSON_TYPES: &[&str] = &[
 
 #[derive(Debug)]
 pub struct HttpSource {
-    /// Bound in [`HttpSource::new`] so a port in use is reported before the flow starts.
-    listener: std::net::TcpListener,
+    /// Claimed in [`HttpSource::new`] so a port in use is reported before the flow starts.
+    claim: Claim,
     local_addr: SocketAddr,
     path: String,
     max_body: u64,
     /// Who may post (`api_keys`); `None`: anyone who can connect.
     keys: Option<KeyFile>,
-    /// HTTPS (`tls_cert`, `tls_key`).
-    tls: Option<Arc<rustls::ServerConfig>>,
+    /// Whether the socket speaks HTTPS (`tls_cert`, `tls_key`).
+    https: bool,
 }
 
 impl HttpSource {
+    /// A source whose socket no other flow version takes over.
     pub fn new(options: &Options) -> Result<HttpSource, ConnectorError> {
+        HttpSource::for_flow(options, &Owner::unique())
+    }
+
+    /// A source of a version of the flow `owner`: it takes over the socket of another version
+    /// of that flow on its address ([`super::listener`]).
+    pub fn for_flow(options: &Options, owner: &Owner) -> Result<HttpSource, ConnectorError> {
         let address = options.str("address").unwrap_or("127.0.0.1:8080");
         let path = options.str("path").unwrap_or("/").to_string();
         if !path.starts_with('/') {
@@ -99,34 +111,16 @@ impl HttpSource {
             (None, None) => None,
             _ => return Err(ConnectorError("options `tls_cert` and `tls_key` go together".into())),
         };
-        let listener = bind(address)?;
-        let local_addr =
-            listener.local_addr().map_err(|e| ConnectorError(format!("cannot listen on {address}: {e}")))?;
-        Ok(HttpSource { listener, local_addr, path, max_body, keys, tls })
+        let https = tls.is_some();
+        let claim = listener::claim(address, owner, tls)?;
+        let local_addr = claim.local_addr();
+        Ok(HttpSource { claim, local_addr, path, max_body, keys, https })
     }
 
     /// The address the source listens on (the real port when `address` asks for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
-}
-
-fn bind(address: &str) -> Result<std::net::TcpListener, ConnectorError> {
-    let fail = |why: String| ConnectorError(format!("cannot listen on {address}: {why}"));
-    let addrs: Vec<SocketAddr> = address
-        .to_socket_addrs()
-        .map_err(|e| fail(format!("{e} (expected HOST:PORT, like 127.0.0.1:8080)")))?
-        .collect();
-    let listener = std::net::TcpListener::bind(&addrs[..]).map_err(|e| {
-        fail(match e.kind() {
-            std::io::ErrorKind::AddrInUse => "address in use".into(),
-            std::io::ErrorKind::AddrNotAvailable => "no such address on this machine".into(),
-            std::io::ErrorKind::PermissionDenied => "permission denied (ports below 1024 need privileges)".into(),
-            _ => e.to_string(),
-        })
-    })?;
-    listener.set_nonblocking(true).map_err(|e| fail(e.to_string()))?;
-    Ok(listener)
 }
 
 /// What every request handler shares.
@@ -143,9 +137,7 @@ struct Ingest {
 impl Source for HttpSource {
     fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), ConnectorError>> {
         Box::pin(async move {
-            let HttpSource { listener, local_addr, path, max_body, keys, tls } = *self;
-            let listener = tokio::net::TcpListener::from_std(listener)
-                .map_err(|e| ConnectorError(format!("cannot listen on {local_addr}: {e}")))?;
+            let HttpSource { mut claim, local_addr, path, max_body, keys, https } = *self;
             // Dropped (so no longer polling the key file) when the source ends.
             let _watching = keys.clone().map(|k| AbortOnDrop(tokio::spawn(k.watch(KEY_POLL))));
             let (tx, mut rx) = mpsc::channel::<RawBatch>(1);
@@ -153,29 +145,16 @@ impl Source for HttpSource {
             let app = Router::new()
                 .fallback(handle)
                 .layer(DefaultBodyLimit::max(usize::try_from(max_body).unwrap_or(usize::MAX)))
-                .with_state(ingest)
-                .into_make_service_with_connect_info::<SocketAddr>();
-            let (stop_tx, stop_rx) = oneshot::channel::<()>();
-            let stopped = async move {
-                let _ = stop_rx.await;
-            };
-            let scheme = if tls.is_some() { "https" } else { "http" };
-            let server = match tls {
-                Some(tls) => {
-                    let listener = crate::tls::TlsListener::new(listener, tls)
-                        .map_err(|e| ConnectorError(format!("cannot listen on {local_addr}: {e}")))?;
-                    // `tap_io` only so axum hands the client's address to `ConnectInfo`.
-                    let listener = axum::serve::ListenerExt::tap_io(listener, |_| ());
-                    tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped).into_future())
-                }
-                None => tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped).into_future()),
-            };
+                .with_state(ingest);
+            claim.serve(app)?;
+            let scheme = if https { "https" } else { "http" };
             info!(source = %ctx.name, "listening on {scheme}://{local_addr}{path}");
             ctx.set_connected();
 
-            // Forward batches until every handler is gone: the server drops its last one when
-            // it has shut down and the requests in flight are answered.
-            let mut stop_tx = Some(stop_tx);
+            // Forward batches until every handler is gone: the route's last clone goes with
+            // the last request in flight once the source has left service.
+            let mut server = None;
+            let mut serving = true;
             let grace = tokio::time::sleep(SHUTDOWN_GRACE);
             tokio::pin!(grace);
             loop {
@@ -184,15 +163,17 @@ impl Source for HttpSource {
                         Some(batch) => forward(&ctx, batch).await.is_err(),
                         None => break,
                     },
-                    _ = ctx.stopping(), if stop_tx.is_some() => true,
-                    _ = &mut grace, if stop_tx.is_none() => {
+                    _ = ctx.stopping(), if serving => true,
+                    _ = &mut grace, if !serving => {
                         warn!(source = %ctx.name, "requests still running {SHUTDOWN_GRACE:?} after the flow stopped; \
                                                    answering them with 503");
                         break;
                     }
                 };
-                if stop && stop_tx.take().is_some() {
-                    debug!(source = %ctx.name, "no longer accepting requests");
+                if stop && std::mem::replace(&mut serving, false) {
+                    debug!(source = %ctx.name, "no longer taking requests");
+                    // Another version of the flow takes the socket over, or it closes now.
+                    server = claim.release();
                     grace.as_mut().reset(Instant::now() + SHUTDOWN_GRACE);
                 }
             }
@@ -200,18 +181,23 @@ impl Source for HttpSource {
             while let Ok(batch) = rx.try_recv() {
                 batch.ack.fail(STOPPING);
             }
-            let stopping = stop_tx.is_none();
-            if stopping {
-                // Done, or the grace period is over: the connections left answer 503.
+            if serving {
+                // The workers are gone without a stop: leave the socket too.
+                server = claim.release();
+            }
+            if let Some(server) = server {
+                // Every request of this source is answered (or the grace period is over); the
+                // connections left are idle keep-alives, or answer 503.
                 server.abort();
+                match server.await {
+                    Ok(Err(e)) => return Err(ConnectorError(format!("HTTP server on {local_addr}: {e}"))),
+                    Err(e) if !e.is_cancelled() => {
+                        return Err(ConnectorError(format!("HTTP server on {local_addr} failed: {e}")));
+                    }
+                    _ => {}
+                }
             }
-            match server.await {
-                Ok(Ok(())) if stopping => Ok(()),
-                Ok(Ok(())) => Err(ConnectorError("the HTTP server stopped unexpectedly".into())),
-                Ok(Err(e)) => Err(ConnectorError(format!("HTTP server on {local_addr}: {e}"))),
-                Err(e) if e.is_cancelled() => Ok(()),
-                Err(e) => Err(ConnectorError(format!("HTTP server on {local_addr} failed: {e}"))),
-            }
+            Ok(())
         })
     }
 }
