@@ -327,6 +327,43 @@ mod tests {
         std::net::TcpListener::bind(&addr).expect("closed with the last claim");
     }
 
+    /// A self-signed certificate from the openssl CLI, as a server configuration.
+    fn certificate(dir: &std::path::Path) -> Arc<rustls::ServerConfig> {
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let out = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+            .args(["-days", "1", "-subj", "/CN=127.0.0.1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        crate::tls::server_config(&cert, &key).unwrap()
+    }
+
+    #[test]
+    fn a_replacement_cannot_switch_between_http_and_https() {
+        let dir = std::env::temp_dir().join(format!("phoenix-listener-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tls = certificate(&dir);
+        let plain = claim("127.0.0.1:0", &Owner::version_of("p"), None).unwrap();
+        let addr = plain.local_addr().to_string();
+        let err = claim(&addr, &Owner::version_of("p"), Some(tls.clone())).unwrap_err();
+        assert!(
+            err.to_string().ends_with(
+                "serves HTTP here; a replacement cannot switch it to HTTPS (stop the flow, then start the new one)"
+            ),
+            "{err}"
+        );
+        let secure = claim("127.0.0.1:0", &Owner::version_of("s"), Some(tls.clone())).unwrap();
+        let addr = secure.local_addr().to_string();
+        let err = claim(&addr, &Owner::version_of("s"), None).unwrap_err();
+        assert!(err.to_string().contains("serves HTTPS here; a replacement cannot switch it to HTTP "), "{err}");
+        claim(&addr, &Owner::version_of("s"), Some(tls)).expect("HTTPS takes HTTPS over");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[tokio::test]
     async fn requests_go_to_the_version_in_service_on_kept_connections() {
         let mut old = claim("127.0.0.1:0", &Owner::version_of("f"), None).unwrap();
