@@ -144,6 +144,8 @@ pub(super) async fn delete(State(api): State<Api>, Path(id): Path<String>) -> Re
         Ok(None) => return no_such(&id),
         Err(e) => return event_error(e),
     };
+    // No flow PUT is between its compile and its store while the importers are read.
+    let _imports = store.imports.write().await;
     if def.current {
         let users = match users(&api, store, &def.name).await {
             Ok(u) => u,

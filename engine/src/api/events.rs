@@ -74,6 +74,10 @@ pub struct EventStore {
     dir: PathBuf,
     /// Creating and deleting versions read-modify-write the directory: one at a time.
     changes: Mutex<()>,
+    /// Held shared by a flow PUT from its compile until its text is stored, and exclusively by
+    /// a DELETE from its check for importing flows until the file is gone: otherwise a flow
+    /// compiled against a definition could be stored just after that definition was deleted.
+    pub(super) imports: tokio::sync::RwLock<()>,
 }
 
 fn io(path: &Path, source: std::io::Error) -> EventError {
@@ -83,7 +87,7 @@ fn io(path: &Path, source: std::io::Error) -> EventError {
 impl EventStore {
     /// `flows` is the flow directory; `events/` is created under it when first written.
     pub fn new(flows: &Path) -> EventStore {
-        EventStore { dir: flows.join("events"), changes: Mutex::new(()) }
+        EventStore { dir: flows.join("events"), changes: Mutex::new(()), imports: tokio::sync::RwLock::new(()) }
     }
 
     /// The file flows import: `DIR/events/NAME.phx`.

@@ -288,6 +288,11 @@ async fn put_flow(
         Ok(t) => t,
         Err(r) => return r,
     };
+    // No definition this text imports can be deleted until it is stored (`EventStore::imports`).
+    let _imports = match &api.events {
+        Some(events) => Some(events.imports.read().await),
+        None => None,
+    };
     match api.flows.put(&name, text, precondition(&headers)).await {
         Ok(put) => {
             let status = if put.existed { StatusCode::OK } else { StatusCode::CREATED };
