@@ -491,7 +491,13 @@ archive.errors | dead
     let down = Instant::now();
     let waiting = std::thread::scope(|s| {
         let request = s.spawn(|| post(100..1100));
-        std::thread::sleep(Duration::from_secs(6));
+        // Down until the sink has announced its third retry: each of its attempts also spends
+        // the AWS SDK's own retries on the refused port (~3 s on a loaded machine), so a fixed
+        // wait could end the outage after two.
+        until(&dir, "the archive sink's third retry", Duration::from_secs(120), || {
+            std::fs::read_to_string(dir.join("phoenix.log"))
+                .is_ok_and(|l| l.lines().any(|l| l.contains("retrying") && l.contains(" attempt=3 ")))
+        });
         assert!(!request.is_finished(), "answered while S3 was down");
         // S3 is back (empty: moto keeps nothing across a restart), the bucket made again.
         moto.restart();
