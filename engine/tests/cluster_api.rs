@@ -322,6 +322,9 @@ fn the_controller_serves_the_api_over_phoenixflows() {
     assert_eq!(names, ["broken", "commerce"]);
     eprintln!("[{:>5.1?}] deleted", started.elapsed());
 
+    // Every recorded answer is validated (the script fails on any that does not match); how
+    // many there are depends on how often the waits above polled, so only a floor is held: the
+    // calls made once each.
     let checked = c.check_openapi(&dir);
-    assert!(checked >= 25, "only {checked} answers were checked against docs/openapi.yaml");
+    assert!(checked >= 15, "only {checked} answers were checked against docs/openapi.yaml");
 }
