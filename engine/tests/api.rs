@@ -7,9 +7,8 @@ mod support;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
-use support::{Guard, curl, curl_with, free_port, lines, phoenix, signal, temp, wait};
+use support::{Guard, curl, curl_with, free_port, lines, phoenix_serve, post_raw, signal, temp, wait};
 
 const READ_KEY: &str = "r3ad-0123456789";
 const WRITE_KEY: &str = "wr1te-0123456789";
@@ -39,17 +38,9 @@ impl Serve {
     /// Started with `env` and more arguments, not waited for.
     fn spawn_with(dir: &Path, env: &[(&str, String)], args: &[String]) -> Serve {
         let addr = format!("127.0.0.1:{}", free_port());
-        let log = std::fs::File::create(dir.join("phoenix.log")).expect("log");
-        let child = phoenix()
-            .args(["serve", "--flows"])
-            .arg(dir.join("flows"))
-            .args(["--address", &addr, "--api-keys"])
-            .arg(dir.join("keys"))
-            .args(["--workers", "1"])
+        let child = phoenix_serve(dir, &addr)
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(log)
             .spawn()
             .expect("start phoenix serve");
         Serve { addr, dir: dir.to_path_buf(), child: Guard::new(child) }
@@ -426,21 +417,6 @@ fn routes_of_the_commerce_example_by_event_type() {
     assert_eq!(api.call(Some(READ_KEY), "POST", "/api/v1/route", Some(b"")).0, 400);
     assert!(!dir.join("rejected.jsonl").exists() && !dir.join("dead.jsonl").exists(), "routing wrote nothing");
     api.stop();
-}
-
-/// One POST over a fresh connection; `None` if the connection was refused or broke.
-fn post_raw(port: u16, body: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
-    let request = format!(
-        "POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(request.as_bytes()).ok()?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).ok()?;
-    answer.split(' ').nth(1)?.parse().ok()
 }
 
 /// Five replacements sent at once while a client keeps posting: they are applied one at a time

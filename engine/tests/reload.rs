@@ -8,7 +8,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use support::{Guard, curl, free_port, json_lines, phoenix_run, signal, temp, until, wait};
+use support::{Guard, curl, free_port, json_lines, phoenix_run, post_raw, signal, temp, until, wait};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -113,22 +113,6 @@ fn watch_reloads_when_the_flow_or_an_import_changes() {
     signal(child.child(), "-TERM");
     let out = wait(child.take(), LIMIT);
     assert!(out.status.success(), "exit {:?}:\n{}", out.status, log(&dir));
-}
-
-/// One POST over a fresh connection; `None` if the connection was refused or broke (the
-/// source's port is closed for the moment of a swap).
-fn post_raw(port: u16, body: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
-    let request = format!(
-        "POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(request.as_bytes()).ok()?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).ok()?;
-    answer.split(' ').nth(1)?.parse().ok()
 }
 
 /// Five reloads while a client keeps posting, a new connection per request: no connection is

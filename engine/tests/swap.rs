@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use support::servers::{Tansu, python_client};
-use support::{Guard, curl_with, free_port, phoenix, phoenix_run, signal, temp, until, wait};
+use support::{Guard, curl_with, free_port, phoenix_run, phoenix_serve, signal, temp, until, wait};
 
 const LIMIT: Duration = Duration::from_secs(120);
 const SWAPS: usize = 20;
@@ -199,17 +199,9 @@ fn twenty_puts_under_load_refuse_nothing_and_lose_nothing() {
     std::fs::write(dir.join("keys"), format!("{WRITE_KEY} write\n")).expect("keys");
     std::fs::write(dir.join("flows/ingest.phx"), flow(&dir, port, 0)).expect("flow");
     let addr = format!("127.0.0.1:{}", free_port());
-    let log = std::fs::File::create(dir.join("phoenix.log")).expect("log");
-    let child = phoenix()
-        .args(["serve", "--flows"])
-        .arg(dir.join("flows"))
-        .args(["--address", &addr, "--api-keys"])
-        .arg(dir.join("keys"))
-        .args(["--workers", "1"])
+    let child = phoenix_serve(&dir, &addr)
         .env("KAFKA_BROKERS", t.brokers())
         .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
         .spawn()
         .expect("phoenix serve");
     let child = Guard::new(child);

@@ -210,6 +210,37 @@ pub fn curl_with(addr: &str, method: &str, path: &str, headers: &[String], body:
     (status.trim().parse().expect("status code"), body.to_string())
 }
 
+/// One `POST /events` over a fresh connection (raw HTTP, so a refused connection is told apart
+/// from an answer): the status, `None` if the connection was refused or broke.
+pub fn post_raw(port: u16, body: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+    let request = format!(
+        "POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    answer.split(' ').nth(1)?.parse().ok()
+}
+
+/// `phoenix serve` on `DIR/flows` with the keys of `DIR/keys` at `addr`, one worker, its log in
+/// `DIR/phoenix.log`: the command, to add arguments and environment before spawning.
+pub fn phoenix_serve(dir: &Path, addr: &str) -> Command {
+    let log = std::fs::File::create(dir.join("phoenix.log")).expect("log");
+    let mut c = phoenix();
+    c.args(["serve", "--flows"])
+        .arg(dir.join("flows"))
+        .args(["--address", addr, "--api-keys"])
+        .arg(dir.join("keys"))
+        .args(["--workers", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    c
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
