@@ -50,6 +50,25 @@ impl Constant {
     }
 }
 
+/// Reads more of `input` into `buf`, growing it by a chunk when nearly full: the bytes read (0 at
+/// the end), or `Stopped` once the flow stops.
+async fn fill<R: AsyncRead + Unpin>(
+    input: &mut R,
+    buf: &mut BytesMut,
+    ctx: &SourceContext,
+) -> std::io::Result<Result<usize, Stopped>> {
+    if ctx.is_stopping() {
+        return Ok(Err(Stopped));
+    }
+    if buf.capacity() - buf.len() < CHUNK / 4 {
+        buf.reserve(CHUNK);
+    }
+    tokio::select! {
+        r = input.read_buf(buf) => r.map(Ok),
+        _ = ctx.stopping() => Ok(Err(Stopped)),
+    }
+}
+
 /// Read `input` to its end (or until the flow stops), sending NDJSON lines in batches.
 /// Blank lines are skipped; a final line without a newline counts.
 pub async fn read_ndjson<R: AsyncRead + Unpin>(
@@ -59,15 +78,8 @@ pub async fn read_ndjson<R: AsyncRead + Unpin>(
 ) -> Result<Result<(), Stopped>, std::io::Error> {
     let mut buf = BytesMut::with_capacity(CHUNK);
     loop {
-        if ctx.is_stopping() {
+        let Ok(read) = fill(&mut input, &mut buf, ctx).await? else {
             return Ok(Err(Stopped));
-        }
-        if buf.capacity() - buf.len() < CHUNK / 4 {
-            buf.reserve(CHUNK);
-        }
-        let read = tokio::select! {
-            r = input.read_buf(&mut buf) => r?,
-            _ = ctx.stopping() => return Ok(Err(Stopped)),
         };
         let eof = read == 0;
         // Cut after the last newline; keep the rest for the next read (or flush it at EOF).
@@ -167,15 +179,8 @@ pub async fn read_array<R: AsyncRead + Unpin>(
     let mut buf = BytesMut::with_capacity(CHUNK);
     let mut splitter = Splitter::default();
     loop {
-        if ctx.is_stopping() {
+        let Ok(read) = fill(&mut input, &mut buf, ctx).await? else {
             return Ok(Err(Stopped));
-        }
-        if buf.capacity() - buf.len() < CHUNK / 4 {
-            buf.reserve(CHUNK);
-        }
-        let read = tokio::select! {
-            r = input.read_buf(&mut buf) => r?,
-            _ = ctx.stopping() => return Ok(Err(Stopped)),
         };
         let eof = read == 0;
         let mut spans = Vec::new();
